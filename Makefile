@@ -1,0 +1,32 @@
+# Two entry points: `make demo` (train on MNIST and write a run folder) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint docs clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet -e ".[dev,metrics,viz]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/genvae train --epochs 3 --out runs/demo
+	@echo "run folder: runs/demo (samples.png, reconstructions.png, loss.png, metrics.json)"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests examples benchmarks
+
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	$(VENV)/bin/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info

@@ -1,0 +1,239 @@
+"""VAE and CVAE: an encoder, a decoder, a likelihood and a prior, composed.
+
+    q = encoder(x, y)                  q(z | x[, y]), batch (B,), event (D,)
+    z = q.rsample()                    (B, D), or (K, B, D) for importance weighting
+    p_x = likelihood(decoder(z, y))    p(x | z[, y]), event = data shape
+    elbo = p_x.log_prob(x) − KL(q ‖ prior(y))          (B,)
+
+The KL is closed form where torch's registry has one and a single-sample Monte-Carlo estimate on
+the same z otherwise (mixture and VampPrior priors). With ``k > 1`` the bound is the importance
+weighted one, log 1/K Σ_k p(x, z_k) / q(z_k | x) (Burda et al., 2015, https://arxiv.org/abs/1509.00519).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+from torch.distributions import kl_divergence as _closed_form_kl
+
+from ._checks import check_data, check_labels, positive_int
+from .protocols import Decoder, Encoder, Likelihood, Prior
+
+__all__ = ["CVAE", "ELBO", "VAE"]
+
+
+@dataclass(frozen=True)
+class ELBO:
+    """Per-example terms of the evidence lower bound, in nats.
+
+    Attributes:
+        elbo: ``(B,)`` the bound on log p(x): log p(x|z) − KL for k = 1, the IW bound for k > 1.
+        log_likelihood: ``(B,)`` the reconstruction term E_q[log p(x|z)] (single or k-sample mean).
+        kl: ``(B,)`` KL(q(z|x) ‖ p(z)), closed form or its Monte-Carlo estimate.
+        loss: scalar to minimise: −mean(log_likelihood − β·kl) (k = 1) or −mean(β-weighted IW bound).
+    """
+
+    elbo: Tensor
+    log_likelihood: Tensor
+    kl: Tensor
+    loss: Tensor
+
+
+def _sample_with(dist: Distribution, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+    """``dist.sample(shape)`` drawn from ``generator``'s stream when one is given (reproducible)."""
+    if generator is None:
+        return dist.sample(shape)
+    seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
+    devices = [generator.device.index or 0] if generator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return dist.sample(shape)
+
+
+class _LatentVariableModel(nn.Module):
+    """The shared implementation of :class:`VAE` and :class:`CVAE` (not a public base class)."""
+
+    label_required = False
+
+    def __init__(self, encoder: Encoder, decoder: Decoder, likelihood: Likelihood, prior: Prior) -> None:
+        super().__init__()
+        for name, part in (("encoder", encoder), ("decoder", decoder), ("likelihood", likelihood), ("prior", prior)):
+            if not callable(part):
+                raise TypeError(f"expected {name} to be callable (an nn.Module), got {type(part).__name__}")
+        self.encoder, self.decoder, self.likelihood, self.prior = encoder, decoder, likelihood, prior
+        shape = getattr(encoder, "data_shape", None) or getattr(decoder, "data_shape", None)
+        self.data_shape: tuple[int, ...] | None = tuple(shape) if shape is not None else None
+        found = [getattr(m, "num_classes", None) for m in (prior, encoder, decoder)]
+        self.num_classes: int | None = next((n for n in found if n is not None), None)
+        if self.label_required and self.num_classes is None:
+            raise ValueError(
+                f"expected a conditional part (num_classes set on the encoder, decoder or prior) "
+                f"for {type(self).__name__}, got none"
+            )
+        # Value checks (finite, in the likelihood's support, labels in range) read tensors back to
+        # the host; the trainer checks the data set once and switches them off in the hot loop.
+        self.validate_args = True
+
+    # ------------------------------------------------------------------ checks
+    def _check(self, x: Tensor, y: Tensor | None, name: str = "x") -> None:
+        check_data(name, x, self.data_shape)
+        if y is None:
+            if self.label_required:
+                raise ValueError(f"expected a label tensor y of shape ({x.shape[0]},) for a CVAE, got None")
+        else:
+            check_labels(y, x.shape[0], self.num_classes, values=self.validate_args)
+        if self.validate_args:
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"expected finite values in {name}, got NaN or inf")
+            support = getattr(self.likelihood, "support", None)
+            if support is not None and not bool(support.check(x).all()):
+                lo, hi = float(x.min()), float(x.max())
+                raise ValueError(
+                    f"expected {name} in the support of {type(self.likelihood).__name__} "
+                    f"({support}), got values in [{lo:g}, {hi:g}]"
+                )
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ parts
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
+        """The posterior q(z | x[, y]): ``x (B, *data_shape)`` → batch ``(B,)``, event ``(D,)``.
+
+        The caller decides: ``.rsample()`` for a draw, ``.mean`` for the posterior mean.
+        """
+        self._check(x, y)
+        return self.encoder(x, y)
+
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
+        """p(x | z[, y]) for ``z (*S, B, D)``: event shape = data shape, batch ``(*S, B)``."""
+        if self.label_required and y is None:
+            raise ValueError(f"expected a label tensor y of shape ({z.shape[-2] if z.dim() > 1 else 1},) for a CVAE, got None")
+        return self.likelihood(self.decoder(z, y))
+
+    # ------------------------------------------------------------------ bounds
+    def log_weights(self, x: Tensor, y: Tensor | None = None, *, k: int, beta: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+        """Importance terms for ``k`` draws z_k ~ q(z | x).
+
+        Returns:
+            ``(log p(x|z_k), log q(z_k|x), log p(z_k))``, each ``(k, B)``. The log importance weight
+            is ``log_px + β·(log_pz − log_qz)``; ``iw_nll`` accumulates these in chunks of k.
+        """
+        self._check(x, y)
+        q = self.encoder(x, y)
+        z = q.rsample((positive_int("k", k),))  # (k, B, D)
+        log_px = self.likelihood(self.decoder(z, y)).log_prob(x)  # (k, B)
+        return log_px, q.log_prob(z), self.prior(y).log_prob(z)
+
+    def elbo(self, x: Tensor, y: Tensor | None = None, *, beta: float = 1.0, k: int = 1) -> ELBO:
+        """The ELBO terms for a batch ``x (B, *data_shape)`` (``y (B,)`` labels where used).
+
+        Args:
+            beta: weight of the KL in ``loss`` (β-VAE, https://openreview.net/forum?id=Sy2fzU9gl);
+                ``elbo`` is always the β = 1 bound.
+            k: number of importance samples; ``k = 1`` is the standard single-sample ELBO.
+        """
+        if positive_int("k", k) > 1:
+            log_px, log_qz, log_pz = self.log_weights(x, y, k=k)
+            log_k = math.log(k)
+            bound = torch.logsumexp(log_px + log_pz - log_qz, 0) - log_k  # (B,)
+            weighted = torch.logsumexp(log_px + beta * (log_pz - log_qz), 0) - log_k
+            return ELBO(bound, log_px.mean(0), (log_qz - log_pz).mean(0), -weighted.mean())
+        self._check(x, y)
+        q = self.encoder(x, y)
+        z = q.rsample()  # (B, D)
+        log_px = self.likelihood(self.decoder(z, y)).log_prob(x)  # (B,)
+        p = self.prior(y)
+        try:
+            kl = _closed_form_kl(q, p)  # (B,)
+        except NotImplementedError:  # mixture priors: single-sample estimate on the same z
+            kl = q.log_prob(z) - p.log_prob(z)
+        return ELBO(log_px - kl, log_px, kl, -(log_px - beta * kl).mean())
+
+    def forward(self, x: Tensor, y: Tensor | None = None, *, beta: float = 1.0, k: int = 1) -> ELBO:
+        """Same as :meth:`elbo` (so that wrappers such as DDP see the computation)."""
+        return self.elbo(x, y, beta=beta, k=k)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def sample(
+        self, n: int, y: Tensor | None = None, *, generator: torch.Generator | None = None, mean: bool = True
+    ) -> Tensor:
+        """Draw ``n`` images: z ~ p(z[|y]), then the mean of p(x | z) (or a draw, ``mean=False``).
+
+        Args:
+            n: number of images.
+            y: labels ``(n,)`` for a conditional model.
+            generator: a ``torch.Generator`` on the model's device for reproducible draws.
+
+        Returns:
+            ``(n, *data_shape)``.
+        """
+        positive_int("n", n)
+        if y is not None:
+            y = check_labels(y, n, self.num_classes, values=True).to(self._device())
+        elif self.label_required:
+            raise ValueError(f"expected labels y of shape ({n},) to sample from a CVAE, got None")
+        p = self.prior(y)
+        z = _sample_with(p, (n,) if p.batch_shape == () else (), generator)  # (n, D)
+        px = self.decode(z, y)
+        return px.mean if mean else _sample_with(px, (), generator)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Mean of p(x | z = posterior mean): ``(B, *data_shape)`` → same shape."""
+        return self.decode(self.encode(x, y).mean, y).mean
+
+    @torch.no_grad()
+    def interpolate(self, x0: Tensor, x1: Tensor, steps: int = 10, y: Tensor | None = None) -> Tensor:
+        """Decode ``steps`` points on the line between the posterior means of two images.
+
+        Args:
+            x0, x1: single images ``(*data_shape)``.
+            y: one label (a 0-d or ``(1,)`` tensor) for a conditional model.
+
+        Returns:
+            ``(steps, *data_shape)``, from x0's code to x1's.
+        """
+        positive_int("steps", steps)
+        yy = None if y is None else y.reshape(1)
+        z0 = self.encode(x0.unsqueeze(0), yy).mean  # (1, D)
+        z1 = self.encode(x1.unsqueeze(0), yy).mean
+        t = torch.linspace(0, 1, steps, device=z0.device, dtype=z0.dtype)[:, None]  # (steps, 1)
+        z = (1 - t) * z0 + t * z1  # (steps, D)
+        return self.decode(z, None if yy is None else yy.expand(steps)).mean
+
+    @property
+    def latent_dim(self) -> int | None:
+        """D, where a part declares it."""
+        for part in (self.encoder, self.decoder, self.prior):
+            if getattr(part, "latent_dim", None) is not None:
+                return int(part.latent_dim)
+        return None
+
+
+class VAE(_LatentVariableModel):
+    """A variational autoencoder (Kingma & Welling, 2014, https://arxiv.org/abs/1312.6114).
+
+    Args:
+        encoder: x → q(z | x); see :class:`genvae.protocols.Encoder`.
+        decoder: z → likelihood parameters.
+        likelihood: parameters → p(x | z).
+        prior: p(z).
+
+    Labels are optional and passed to every part (unconditional parts ignore them).
+    """
+
+
+class CVAE(_LatentVariableModel):
+    """A conditional VAE (Sohn et al., 2015): the same parts, with a label required everywhere.
+
+    The encoder, decoder or prior must be conditional (``num_classes`` set); every call takes
+    ``y (B,)`` int64 labels in ``range(num_classes)``.
+    """
+
+    label_required = True
