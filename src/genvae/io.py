@@ -24,6 +24,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from ._files import atomic_path
+
 __all__ = ["describe", "load", "save"]
 
 FORMAT = "genvae.model"
@@ -57,7 +59,9 @@ def _describe(obj: Any, path: str, seen: dict[int, str]) -> Any:
         return [_describe(v, f"{path}[{i}]", seen) for i, v in enumerate(obj)]
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
-    raise TypeError(f"cannot describe {path}: expected a module, class, number, string or tuple, got {type(obj).__name__}")
+    raise TypeError(
+        f"cannot describe {path}: expected a module, class, number, string or tuple, got {type(obj).__name__}"
+    )
 
 
 def describe(model: nn.Module) -> dict[str, Any]:
@@ -107,12 +111,8 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     if path.is_dir():
         path = path / MODEL_FILE
     header = json.dumps(describe(model))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_model(model, str(tmp), metadata={FORMAT: header})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -64,7 +64,9 @@ def kl_categorical(logits_q: Tensor, logits_p: Tensor) -> Tensor:
     """
     log_q = logits_q.log_softmax(-1)
     log_p = logits_p.log_softmax(-1)
-    return (log_q.exp() * (log_q - log_p)).sum(-1)
+    q = log_q.exp()
+    # Categories that q never takes (logit −inf) contribute 0, not 0 · (−inf) = NaN.
+    return torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(-1)
 
 
 class StandardNormalDistribution(Independent):
@@ -113,12 +115,11 @@ def kl_divergence(q: Distribution, p: Distribution, *, mc_samples: int | None = 
         NotImplementedError: no closed form is registered and ``mc_samples`` is ``None``.
         ValueError: ``mc_samples`` is not a positive integer, or the event shapes differ.
     """
-    if mc_samples is not None and (not isinstance(mc_samples, int) or mc_samples < 1):
+    if mc_samples is not None and (isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1):
         raise ValueError(f"expected mc_samples to be a positive int or None, got {mc_samples!r}")
     if q.event_shape != p.event_shape:
         raise ValueError(
-            f"expected q and p with the same event shape, got {tuple(q.event_shape)} "
-            f"and {tuple(p.event_shape)}"
+            f"expected q and p with the same event shape, got {tuple(q.event_shape)} and {tuple(p.event_shape)}"
         )
     try:
         return _torch_kl(q, p)

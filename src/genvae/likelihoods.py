@@ -12,9 +12,9 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, constraints
 from torch.distributions import Bernoulli as _Bernoulli
 from torch.distributions import ContinuousBernoulli as _ContinuousBernoulli
+from torch.distributions import Distribution, Independent, constraints
 from torch.distributions import Normal as _Normal
 
 from ._checks import positive_float, positive_int, shape_tuple
@@ -108,13 +108,12 @@ class Gaussian(nn.Module):
         self.event_dims = _event_dims(event_dims)
         if self.learned:
             if self.sigma <= self.min_sigma:
-                raise ValueError(
-                    f"expected sigma > min_sigma={self.min_sigma} for a learned σ, got {self.sigma}"
-                )
+                raise ValueError(f"expected sigma > min_sigma={self.min_sigma} for a learned σ, got {self.sigma}")
             raw = torch.full(self.shape, math.log(self.sigma - self.min_sigma))
             self.raw_sigma = nn.Parameter(raw)
         else:
-            self.register_buffer("raw_sigma", torch.full(self.shape, self.sigma), persistent=False)
+            # float64, so that float64 data see σ exactly; cast to the data's dtype on use.
+            self.register_buffer("raw_sigma", torch.full(self.shape, self.sigma, dtype=torch.float64), persistent=False)
 
     def scale(self) -> Tensor:
         """The current σ, of shape ``shape``."""

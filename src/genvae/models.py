@@ -112,11 +112,15 @@ class _LatentVariableModel(nn.Module):
     def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
         """p(x | z[, y]) for ``z (*S, B, D)``: event shape = data shape, batch ``(*S, B)``."""
         if self.label_required and y is None:
-            raise ValueError(f"expected a label tensor y of shape ({z.shape[-2] if z.dim() > 1 else 1},) for a CVAE, got None")
+            raise ValueError(
+                f"expected a label tensor y of shape ({z.shape[-2] if z.dim() > 1 else 1},) for a CVAE, got None"
+            )
         return self.likelihood(self.decoder(z, y))
 
     # ------------------------------------------------------------------ bounds
-    def log_weights(self, x: Tensor, y: Tensor | None = None, *, k: int, beta: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    def log_weights(
+        self, x: Tensor, y: Tensor | None = None, *, k: int, beta: float = 1.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Importance terms for ``k`` draws z_k ~ q(z | x).
 
         Returns:

@@ -62,8 +62,7 @@ class MixtureOfGaussians(nn.Module):
     def forward(self, y: Tensor | None = None) -> Distribution:
         """→ mixture, batch ``()``, event ``(D,)``; ``y`` is ignored."""
         components = Independent(Normal(self.locs, self.log_scales.exp(), validate_args=False), 1)
-        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), components,
-                                 validate_args=False)
+        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), components, validate_args=False)
 
 
 class VampPrior(nn.Module):
@@ -96,8 +95,8 @@ class VampPrior(nn.Module):
     def forward(self, y: Tensor | None = None) -> Distribution:
         """→ mixture of K posteriors, batch ``()``, event ``(D,)``; ``y`` is ignored."""
         q = self.encoder(self.pseudo_inputs())  # batch (K,), event (D,)
-        weights = Categorical(logits=torch.zeros(self.num_pseudo_inputs, device=self.raw_pseudo_inputs.device),
-                              validate_args=False)
+        raw = self.raw_pseudo_inputs
+        weights = Categorical(logits=raw.new_zeros(self.num_pseudo_inputs), validate_args=False)
         return MixtureSameFamily(weights, q, validate_args=False)
 
 
@@ -120,5 +119,4 @@ class ConditionalNormal(nn.Module):
         """``y (B,)`` int64 → N(μ_y, diag σ_y²), batch ``(B,)``, event ``(D,)``."""
         if y is None:
             raise ValueError("expected a label tensor y of shape (B,) for ConditionalNormal, got None")
-        return Independent(Normal(self.loc[y], self.log_scale[y].exp(), validate_args=False), 1,
-                           validate_args=False)
+        return Independent(Normal(self.loc[y], self.log_scale[y].exp(), validate_args=False), 1, validate_args=False)

@@ -1,0 +1,324 @@
+"""The ``genvae`` command: ``train``, ``eval``, ``sample`` and ``info``.
+
+Bad input gets one line on stderr (``genvae: error: …``) and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+from . import __version__
+from ._files import write_json
+from .config import CHOICES, RunConfig, build_model, read_config
+from .io import load
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _UserError(Exception):
+    """A problem with the user's input, printed as one line."""
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 400 or 512,256, got {text!r}"
+        ) from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return values
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="genvae", description="Train, evaluate and sample variational autoencoders.")
+    p.add_argument("--version", action="version", version=f"genvae {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model and write a run folder")
+    t.add_argument("--config", type=Path, help="TOML file of settings (flags given here override it)")
+    for name, allowed in CHOICES.items():
+        t.add_argument(f"--{name.replace('_', '-')}", choices=allowed, default=None)
+    t.add_argument("--hidden", type=_ints, help="hidden sizes, e.g. 400 or 512,256 (default 400; conv: 128)")
+    t.add_argument("--channels", type=_ints, help="conv encoder channels (default 32,64)")
+    t.add_argument("--latent-dim", type=_positive(int))
+    t.add_argument("--sigma", type=_positive(float), help="Gaussian σ (initial value when learned)")
+    t.add_argument("--components", type=_positive(int), help="mixture prior components (default 10)")
+    t.add_argument("--pseudo-inputs", type=_positive(int), help="VampPrior pseudo-inputs (default 500)")
+    t.add_argument("--epochs", type=_positive(int))
+    t.add_argument("--batch-size", type=_positive(int))
+    t.add_argument("--lr", type=_positive(float))
+    t.add_argument("--beta", type=float)
+    t.add_argument("--kl-warmup-epochs", type=int)
+    t.add_argument("--grad-clip", type=_positive(float))
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    t.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
+    t.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast")
+    t.add_argument("--train-subset", type=_positive(int), help="train on the first N images")
+    t.add_argument("--test-subset", type=_positive(int), help="evaluate on the first N test images")
+    t.add_argument("--out", help="run folder (default runs/<model>-<arch>-z<latent>-<time>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="evaluate a run on the test set")
+    e.add_argument("run", type=Path)
+    e.add_argument(
+        "--iw-samples", type=_positive(int), default=1000, help="importance samples K for the NLL (default 1000)"
+    )
+    e.add_argument("--binarize", choices=CHOICES["binarize"], help="default: as trained")
+    e.add_argument("--batch-size", type=_positive(int), default=100)
+    e.add_argument("--test-subset", type=_positive(int))
+    e.add_argument("--device", default="auto")
+    e.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("sample", help="draw images from a trained model")
+    s.add_argument("run", type=Path)
+    s.add_argument("--n", type=_positive(int), default=64)
+    s.add_argument("--label", type=int, help="digit to draw (conditional models)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
+    s.add_argument("--device", default="auto")
+
+    i = sub.add_parser("info", help="describe a run folder")
+    i.add_argument("run", type=Path)
+    return p
+
+
+def _load_run(run: Path, device: str = "cpu") -> tuple[Any, RunConfig]:
+    from .train import resolve_device
+
+    if not run.is_dir():
+        raise _UserError(f"expected a run folder, got {str(run)!r}, which is not a folder")
+    cfg_path = run / "config.json"
+    if not cfg_path.is_file():
+        raise _UserError(f"expected {str(cfg_path)!r} in the run folder; is {str(run)!r} a genvae run?")
+    try:
+        cfg = RunConfig(**json.loads(cfg_path.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise _UserError(f"expected a valid config.json in {str(run)!r}: {err}") from None
+    model = load(run, map_location=resolve_device(device))
+    return model, cfg
+
+
+def _data(cfg: RunConfig, split: str, binarize: str | None = None, subset: int | None = None):
+    from .data import load_mnist
+
+    data = load_mnist(split, binarize=binarize or cfg.binarize, seed=cfg.seed)
+    return data.subset(subset) if subset is not None and subset < len(data) else data
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .metrics.likelihood import evaluate_elbo
+    from .train import fit
+    from .viz import save_grid, save_loss_curves, save_reconstructions
+
+    settings = read_config(args.config) if args.config else {}
+    names = {f.name for f in fields(RunConfig)}
+    settings.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    cfg = RunConfig(**settings)
+    if cfg.out is None:
+        cfg.out = f"runs/{cfg.model}-{cfg.arch}-z{cfg.latent_dim}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = Path(cfg.out)
+    if (run / "checkpoint.pt").exists() and not args.resume:
+        raise _UserError(
+            f"run folder {str(run)!r} already has a checkpoint; pass --resume to continue it or choose another --out"
+        )
+
+    train = _data(cfg, "train", subset=cfg.train_subset)
+    test = _data(cfg, "test", subset=cfg.test_subset)
+    model = build_model(cfg, train.data_shape, train.num_classes)
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(run / "config.json", cfg.to_dict())
+    print(
+        f"training {cfg.model} ({cfg.arch}, z={cfg.latent_dim}, {cfg.likelihood}, {cfg.prior} prior) "
+        f"on {len(train)} {cfg.dataset} images for {cfg.epochs} epochs → {run}",
+        file=sys.stderr,
+    )
+    result = fit(
+        model,
+        train,
+        test=test,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        beta=cfg.beta,
+        kl_warmup_epochs=cfg.kl_warmup_epochs,
+        grad_clip=cfg.grad_clip,
+        device=cfg.device,
+        seed=cfg.seed,
+        compile=cfg.compile,
+        amp=cfg.amp,
+        out=run,
+        resume=args.resume,
+        progress=False if args.no_progress else None,
+        callbacks=[
+            lambda s, m: print(
+                f"epoch {s.epoch:3d}  train {s.train_loss:8.2f}  test {s.test_loss:8.2f}  "
+                f"({s.seconds:.1f} s, {s.images_per_second:,.0f} img/s)",
+                file=sys.stderr,
+            )
+        ],
+    )
+    summary = evaluate_elbo(model, test, seed=0)
+    write_json(
+        run / "metrics.json",
+        {
+            "estimator": "single-sample ELBO (nats per image, summed over pixels)",
+            "test_loss": summary.loss,
+            "test_kl": summary.kl,
+            "test_log_likelihood": summary.log_likelihood,
+            "num_test_images": summary.num_examples,
+            "epochs": len(result.history),
+        },
+    )
+    _figures(model, test, run, save_grid, save_reconstructions)
+    save_loss_curves(result.history, run / "loss.png", title=f"{cfg.model.upper()} on {cfg.dataset}")
+    print(f"test −ELBO {summary.loss:.2f} nats per image; run folder: {run}")
+
+
+@torch.no_grad()
+def _figures(model, test, run: Path, save_grid, save_reconstructions) -> None:
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(0)
+    if model.num_classes is not None:
+        labels = torch.arange(model.num_classes, device=device).repeat_interleave(8)
+        save_grid(
+            model.sample(len(labels), labels, generator=gen),
+            run / "samples.png",
+            nrow=8,
+            row_labels=[str(c) for c in range(model.num_classes)],
+        )
+    else:
+        save_grid(model.sample(64, generator=gen), run / "samples.png", nrow=8)
+    x = test.float_images()[:32].to(device)
+    y = test.labels[:32].to(device) if model.num_classes is not None else None
+    save_reconstructions(x, model.reconstruct(x, y), run / "reconstructions.png", nrow=8)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .metrics.likelihood import evaluate_elbo, evaluate_iw_nll
+
+    model, cfg = _load_run(args.run, args.device)
+    test = _data(cfg, "test", args.binarize, args.test_subset)
+    t0 = time.perf_counter()
+    elbo = evaluate_elbo(model, test, batch_size=max(args.batch_size, 500), seed=args.seed)
+    nll = evaluate_iw_nll(model, test, args.iw_samples, batch_size=args.batch_size, seed=args.seed)
+    seconds = time.perf_counter() - t0
+    result = {
+        "num_test_images": elbo.num_examples,
+        "binarize": args.binarize or cfg.binarize,
+        "test_neg_elbo": elbo.loss,
+        "test_kl": elbo.kl,
+        "test_log_likelihood": elbo.log_likelihood,
+        "iw_samples": args.iw_samples,
+        "test_iw_nll": nll,
+        "seconds": seconds,
+        "units": "nats per image",
+    }
+    write_json(args.run / "eval.json", result)
+    print(f"{'metric':<34}{'nats/image':>12}")
+    print(f"{'−ELBO (single sample)':<34}{elbo.loss:>12.2f}")
+    print(f"{'  KL(q‖p)':<34}{elbo.kl:>12.2f}")
+    print(f"{'  −E_q log p(x|z)':<34}{-elbo.log_likelihood:>12.2f}")
+    print(f"{f'NLL (IW bound, K={args.iw_samples})':<34}{nll:>12.2f}")
+    print(f"({elbo.num_examples} test images, {seconds:.1f} s; written to {args.run / 'eval.json'})")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from .train import resolve_device
+    from .viz import save_grid
+
+    model, cfg = _load_run(args.run, args.device)
+    device = resolve_device(args.device)
+    y = None
+    if args.label is not None:
+        if model.num_classes is None:
+            raise _UserError(
+                f"--label needs a conditional model, but {str(args.run)!r} holds an unconditional {cfg.model}"
+            )
+        if not 0 <= args.label < model.num_classes:
+            raise _UserError(f"expected --label in 0..{model.num_classes - 1}, got {args.label}")
+        y = torch.full((args.n,), args.label, dtype=torch.long, device=device)
+    elif model.num_classes is not None and cfg.model == "cvae":
+        y = torch.arange(args.n, device=device) % model.num_classes
+    images = model.sample(args.n, y, generator=torch.Generator(device=device).manual_seed(args.seed))
+    path = save_grid(images, args.output, nrow=min(args.n, 8) if y is not None and args.label is None else None)
+    print(f"wrote {args.n} samples to {path}")
+
+
+def _info(args: argparse.Namespace) -> None:
+    model, cfg = _load_run(args.run)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"run        {args.run}")
+    print(
+        f"model      {type(model).__name__}: {type(model.encoder).__name__} → {type(model.decoder).__name__}, "
+        f"{type(model.likelihood).__name__} likelihood, {type(model.prior).__name__} prior"
+    )
+    print(f"latent     {model.latent_dim}   data {model.data_shape}   parameters {n_params:,}")
+    print(
+        f"training   {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, binarize {cfg.binarize}, seed {cfg.seed}"
+    )
+    history = args.run / "history.json"
+    if history.is_file():
+        records = json.loads(history.read_text())
+        if records:
+            last = records[-1]
+            print(
+                f"last epoch {last['epoch']}: train {last['train_loss']:.2f}, test {last['test_loss']:.2f} nats/image"
+            )
+    for name in ("metrics.json", "eval.json"):
+        path = args.run / name
+        if path.is_file():
+            print(f"{name:<11}{json.dumps(json.loads(path.read_text()))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``genvae`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        {"train": _train, "eval": _eval, "sample": _sample, "info": _info}[args.command](args)
+    except (_UserError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        print(f"genvae {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:
+        print(f"genvae {args.command}: error: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"genvae {args.command}: interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

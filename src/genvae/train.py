@@ -1,0 +1,334 @@
+"""Training: ``fit`` runs Adam (or any optimizer) on the negative ELBO, with checkpoints that resume
+bit-identically, a NaN guard, optional ``torch.compile``/autocast, and DistributedDataParallel when
+started under ``torchrun``.
+
+The hot loop does one gather per batch from a device-resident data set, one fused forward/backward
+and one optimizer step; the loss is accumulated on the device and read back to the host only once
+every ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim import Optimizer
+from tqdm.auto import tqdm
+
+from ._checks import positive_float, positive_int
+from ._files import atomic_path, write_json
+from .data import BatchLoader, ImageDataset
+from .io import save
+from .metrics.likelihood import evaluate_elbo
+from .models import _LatentVariableModel
+
+__all__ = ["EpochStats", "FitResult", "fit", "resolve_device"]
+
+log = logging.getLogger("genvae.train")
+
+CHECKPOINT_FILE = "checkpoint.pt"
+HISTORY_FILE = "history.json"
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch of training, in nats per image (−ELBO summed over pixels, averaged over images).
+
+    ``train_loss`` is the running mean of the β-weighted training objective over the epoch; the
+    ``test_*`` fields are the single-sample ELBO terms on the test set after the epoch (None
+    without a test set).
+    """
+
+    epoch: int
+    train_loss: float
+    test_loss: float | None
+    test_kl: float | None
+    test_log_likelihood: float | None
+    seconds: float
+    images_per_second: float
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` returns: the per-epoch history and the run folder (if any)."""
+
+    history: list[EpochStats]
+    out: Path | None
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; an unavailable CUDA device is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"expected device 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"expected device {device!r} to exist, but torch.cuda.is_available() is False")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"expected device {device!r} to exist, found {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
+def _distributed() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group) under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "nccl" if torch.cuda.is_available() and os.environ.get("GENVAE_BACKEND") != "gloo" else "gloo"
+        )
+        created = True
+    return dist.get_rank(), dist.get_world_size(), created
+
+
+def _rng_state(device: torch.device, loader: BatchLoader) -> dict[str, object]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "loader": loader.generator.get_state(),
+    }
+
+
+def _set_rng_state(state: dict, device: torch.device, loader: BatchLoader) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    loader.generator.set_state(state["loader"])
+
+
+def fit(
+    model: _LatentVariableModel,
+    train: ImageDataset,
+    *,
+    epochs: int,
+    test: ImageDataset | None = None,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    beta: float = 1.0,
+    kl_warmup_epochs: int = 0,
+    grad_clip: float | None = None,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    compile: bool = False,
+    amp: bool = False,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callable[[EpochStats, nn.Module], None]] = (),
+    optimizer: Callable[[Iterable[nn.Parameter]], Optimizer] | None = None,
+    scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
+    log_every: int = 50,
+    progress: bool | None = None,
+) -> FitResult:
+    """Train ``model`` on ``train`` by minimising the negative ELBO.
+
+    Args:
+        model: a :class:`~genvae.VAE` or :class:`~genvae.CVAE` (labels are passed when the model is
+            conditional).
+        train: the training set; it is moved to ``device`` once, whole.
+        epochs: total number of epochs (a resumed run continues up to this number).
+        test: evaluated after every epoch (single-sample ELBO with a fixed seed).
+        batch_size: images per step.
+        lr: learning rate of the default optimizer, Adam (fused where the device supports it).
+        beta: KL weight (β-VAE).
+        kl_warmup_epochs: β rises linearly from 0 to ``beta`` over this many epochs, step by step.
+        grad_clip: clip the global gradient norm to this value.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        seed: seeds the parameters' noise draws and the batch order.
+        compile: wrap the loss in ``torch.compile``.
+        amp: bfloat16 autocast for the forward pass.
+        out: run folder; after every epoch it receives ``checkpoint.pt`` (weights, optimizer,
+            scheduler and RNG states, history), ``model.safetensors`` and ``history.json``, each
+            written under a temporary name and renamed.
+        resume: continue from ``out/checkpoint.pt``; the weights then match an uninterrupted run
+            bit for bit on the CPU.
+        callbacks: called as ``callback(stats, model)`` after every epoch (rank 0 only).
+        optimizer: factory ``params -> Optimizer`` replacing Adam.
+        scheduler: factory ``optimizer -> LRScheduler``, stepped once per epoch.
+        log_every: steps between host reads of the running loss (progress bar and NaN check).
+        progress: show a tqdm bar; default: when stderr is a terminal.
+
+    Raises:
+        FloatingPointError: the loss became NaN or inf; the last checkpoint is left as it was.
+        FileExistsError: ``out`` already holds a checkpoint and ``resume`` is False.
+    """
+    if not isinstance(train, ImageDataset):
+        raise TypeError(f"expected train to be a genvae.data.ImageDataset, got {type(train).__name__}")
+    if test is not None and not isinstance(test, ImageDataset):
+        raise TypeError(f"expected test to be a genvae.data.ImageDataset or None, got {type(test).__name__}")
+    positive_int("epochs", epochs)
+    positive_int("batch_size", batch_size)
+    positive_int("log_every", log_every)
+    positive_float("lr", lr)
+    if not (isinstance(beta, (int, float)) and beta >= 0):
+        raise ValueError(f"expected beta >= 0, got {beta!r}")
+    if not (isinstance(kl_warmup_epochs, int) and kl_warmup_epochs >= 0):
+        raise ValueError(f"expected kl_warmup_epochs to be an int >= 0, got {kl_warmup_epochs!r}")
+    if grad_clip is not None:
+        positive_float("grad_clip", grad_clip)
+
+    rank, world, created_group = _distributed()
+    dev = resolve_device(device)
+    if world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(dev)
+    run = Path(out) if out is not None else None
+    ckpt_path = run / CHECKPOINT_FILE if run is not None else None
+    if ckpt_path is not None and ckpt_path.exists() and not resume:
+        raise FileExistsError(
+            f"expected an empty run folder, but {str(ckpt_path)!r} exists; pass resume=True to "
+            "continue that run or choose another out"
+        )
+    if rank == 0 and run is not None:
+        run.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(seed + rank)
+    model.to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer is None:
+        opt: Optimizer = torch.optim.Adam(params, lr=lr, fused=dev.type in ("cpu", "cuda"))
+    else:
+        opt = optimizer(params)
+    sched = scheduler(opt) if scheduler is not None else None
+    loader = BatchLoader(
+        train,
+        batch_size,
+        shuffle=True,
+        drop_last=False,
+        device=dev,
+        rank=rank,
+        world_size=world,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    conditional = model.num_classes is not None
+
+    history: list[EpochStats] = []
+    start = 0
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler") is not None:
+            sched.load_state_dict(state["scheduler"])
+        history = [EpochStats(**h) for h in state["history"]]
+        start = int(state["epoch"])
+        _set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"], dev, loader)
+        log.info("resuming %s at epoch %d", run, start + 1)
+
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    def objective(x: torch.Tensor, y: torch.Tensor | None, beta_t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            return net(x, y, beta=beta_t).loss
+
+    step_loss = torch.compile(objective) if compile else objective
+    show = progress if progress is not None else sys.stderr.isatty()
+    steps_per_epoch = len(loader)
+    beta_t = torch.tensor(float(beta), device=dev)
+
+    # The data are checked once here, so the per-step value checks (host reads) can be skipped.
+    x0, y0 = next(iter(BatchLoader(train, min(len(train), 1024), shuffle=False, device=dev)))
+    model.validate_args = True
+    model._check(x0, y0 if conditional else None)
+    model.validate_args = False
+    try:
+        for epoch in range(start, epochs):
+            model.train()
+            running = torch.zeros((), device=dev)
+            seen, t0 = 0, time.perf_counter()
+            bar = tqdm(
+                loader,
+                total=steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                disable=not show or rank != 0,
+                leave=False,
+            )
+            for step, (x, y) in enumerate(bar, start=1):
+                if kl_warmup_epochs:
+                    beta_t.fill_(beta * min(1.0, (epoch + step / steps_per_epoch) / kl_warmup_epochs))
+                loss = step_loss(x, y if conditional else None, beta_t)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip is not None:
+                    nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+                opt.step()
+                running += loss.detach()
+                seen += x.shape[0]
+                if step % log_every == 0 or step == steps_per_epoch:
+                    mean = float(running) / step
+                    if not math.isfinite(mean):
+                        raise FloatingPointError(
+                            f"loss is {mean} at epoch {epoch + 1}, step {step} (checked every {log_every} steps); "
+                            + (
+                                f"the last good checkpoint is {str(ckpt_path)!r}"
+                                if ckpt_path
+                                else "no checkpoint was kept"
+                            )
+                        )
+                    bar.set_postfix(loss=f"{mean:.2f}")
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            seconds = time.perf_counter() - t0
+            train_loss = float(running) / steps_per_epoch
+            if sched is not None:
+                sched.step()
+            summary = evaluate_elbo(model, test, seed=seed) if test is not None and rank == 0 else None
+            stats = EpochStats(
+                epoch=epoch + 1,
+                train_loss=train_loss,
+                test_loss=summary.loss if summary else None,
+                test_kl=summary.kl if summary else None,
+                test_log_likelihood=summary.log_likelihood if summary else None,
+                seconds=seconds,
+                images_per_second=seen * world / seconds,
+            )
+            history.append(stats)
+            rng = _rng_state(dev, loader)
+            if world > 1:
+                gathered: list[object] = [None] * world
+                dist.all_gather_object(gathered, rng)
+                rng = gathered  # type: ignore[assignment]
+            if rank == 0:
+                log.info("epoch %d: %s", epoch + 1, stats)
+                if run is not None:
+                    _write_checkpoint(run, model, opt, sched, rng, epoch + 1, history)
+                for callback in callbacks:
+                    callback(stats, model)
+    finally:
+        model.validate_args = True
+        if created_group:
+            dist.destroy_process_group()
+    return FitResult(history, run)
+
+
+def _write_checkpoint(
+    run: Path, model: nn.Module, opt: Optimizer, sched, rng, epoch: int, history: list[EpochStats]
+) -> None:
+    """Write checkpoint.pt, model.safetensors and history.json, each atomically."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "rng": rng,
+        "epoch": epoch,
+        "history": [asdict(h) for h in history],
+    }
+    with atomic_path(run / CHECKPOINT_FILE) as tmp:
+        torch.save(state, tmp)
+    save(model, run / "model.safetensors")
+    write_json(run / HISTORY_FILE, [asdict(h) for h in history])
