@@ -242,7 +242,7 @@ def fit(
     beta_t = torch.tensor(float(beta), device=dev)
 
     # The data are checked once here, so the per-step value checks (host reads) can be skipped.
-    x0, y0 = next(iter(BatchLoader(train, min(len(train), 1024), shuffle=False, device=dev)))
+    x0, y0 = train.float_images()[:1024].to(dev), train.labels[:1024].to(dev)
     model.validate_args = True
     model._check(x0, y0 if conditional else None)
     model.validate_args = False
