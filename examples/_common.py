@@ -18,7 +18,9 @@ from genvae.train import resolve_device
 def parser(description: str, *, epochs: int, name: str) -> argparse.ArgumentParser:
     """Flags every example takes: --quick, --epochs, --device, --seed, --out."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help="a few hundred steps on a subset (seconds): checks the script runs")
+    p.add_argument(
+        "--quick", action="store_true", help="a few hundred steps on a subset (seconds): checks the script runs"
+    )
     p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=1)
@@ -35,7 +37,9 @@ def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
     return args
 
 
-def mnist(quick: bool, *, binarize: str = "none", train_n: int = 2000, test_n: int = 500) -> tuple[ImageDataset, ImageDataset]:
+def mnist(
+    quick: bool, *, binarize: str = "none", train_n: int = 2000, test_n: int = 500
+) -> tuple[ImageDataset, ImageDataset]:
     """MNIST train and test splits; with ``quick`` only their first ``train_n`` / ``test_n`` images."""
     train, test = load_mnist("train", binarize=binarize), load_mnist("test", binarize=binarize)
     if quick:
@@ -51,7 +55,9 @@ def write_results(out: Path, name: str, args: argparse.Namespace, results: Any, 
         "quick": args.quick,
         "epochs": args.epochs,
         "seed": args.seed,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "results": results,

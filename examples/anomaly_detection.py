@@ -74,10 +74,21 @@ def main() -> None:
     rows = []
     for name, x in corrupted.items():
         elbo, nll = scores(model, x, k)
-        rows.append({"anomaly": name, "AUROC by −ELBO": auroc(base_elbo, elbo), f"AUROC by IW-NLL (K={k})": auroc(base_nll, nll),
-                     "mean −ELBO normal": float(base_elbo.mean()), "mean −ELBO anomalous": float(elbo.mean())})
-    save_image_rows([clean[:10], *(x[:10] for x in corrupted.values())], ["normal", *corrupted],
-                    args.out / "anomalies.png", title="test inputs scored by the VAE trained on 0–8")
+        rows.append(
+            {
+                "anomaly": name,
+                "AUROC by −ELBO": auroc(base_elbo, elbo),
+                f"AUROC by IW-NLL (K={k})": auroc(base_nll, nll),
+                "mean −ELBO normal": float(base_elbo.mean()),
+                "mean −ELBO anomalous": float(elbo.mean()),
+            }
+        )
+    save_image_rows(
+        [clean[:10], *(x[:10] for x in corrupted.values())],
+        ["normal", *corrupted],
+        args.out / "anomalies.png",
+        title="test inputs scored by the VAE trained on 0–8",
+    )
     print(table(rows, list(rows[0])))
     write_results(args.out, "anomaly_detection", args, {"iw_samples": k, "rows": rows}, started)
 

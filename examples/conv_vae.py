@@ -45,8 +45,13 @@ def main() -> None:
         model = VAE(ConvEncoder(shape, z), ConvDecoder(z, shape), make(), StandardNormal(z))
         result = fit(model, train, test=test, epochs=epochs, lr=1e-3, seed=args.seed, device=args.device)
         rec = reconstruction_metrics(model, test)
-        row = {"likelihood": name, "test −ELBO": evaluate_elbo(model, test).loss, "MSE": rec.mse, "SSIM": rec.ssim,
-               "s/epoch": sum(h.seconds for h in result.history) / epochs}
+        row = {
+            "likelihood": name,
+            "test −ELBO": evaluate_elbo(model, test).loss,
+            "MSE": rec.mse,
+            "SSIM": rec.ssim,
+            "s/epoch": sum(h.seconds for h in result.history) / epochs,
+        }
         if isinstance(model.likelihood, Gaussian) and model.likelihood.learned:
             row["learned σ"] = float(model.likelihood.scale())
         rows.append(row)
@@ -57,8 +62,12 @@ def main() -> None:
         save_grid(model.sample(64, generator=g), args.out / f"samples_{slug}.png", nrow=8)
         print(table(rows[-1:], list(rows[-1])))
 
-    save_image_rows(recon_rows, ["input", *likelihoods], args.out / "reconstructions.png",
-                    title=f"conv VAE, z={z}: reconstructions by likelihood")
+    save_image_rows(
+        recon_rows,
+        ["input", *likelihoods],
+        args.out / "reconstructions.png",
+        title=f"conv VAE, z={z}: reconstructions by likelihood",
+    )
     print(table(rows, ["likelihood", "test −ELBO", "MSE", "SSIM", "learned σ", "s/epoch"]))
     write_results(args.out, "conv_vae", args, {"latent_dim": z, "rows": rows}, started)
 

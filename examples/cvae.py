@@ -31,8 +31,12 @@ REPORT = {"VAE": {"SSIM": 0.7308, "MSE": 0.0227}, "CVAE": {"SSIM": 0.7399, "MSE"
 
 def build(conditional: bool, shape: tuple[int, ...], num_classes: int):
     k = num_classes if conditional else None
-    parts = (MLPEncoder(shape, LATENT, hidden=HIDDEN, num_classes=k),
-             MLPDecoder(LATENT, shape, hidden=HIDDEN, num_classes=k), Bernoulli(), StandardNormal(LATENT))
+    parts = (
+        MLPEncoder(shape, LATENT, hidden=HIDDEN, num_classes=k),
+        MLPDecoder(LATENT, shape, hidden=HIDDEN, num_classes=k),
+        Bernoulli(),
+        StandardNormal(LATENT),
+    )
     return CVAE(*parts) if conditional else VAE(*parts)
 
 
@@ -48,29 +52,61 @@ def main() -> None:
     for name, conditional in (("VAE", False), ("CVAE", True)):
         torch.manual_seed(args.seed)
         model = build(conditional, shape, classes)
-        result = fit(model, train, test=test, epochs=epochs, batch_size=1024, lr=2e-3, seed=args.seed, device=args.device)
+        result = fit(
+            model, train, test=test, epochs=epochs, batch_size=1024, lr=2e-3, seed=args.seed, device=args.device
+        )
         histories[name] = result.history
         device = next(model.parameters()).device
         clf = classifier(args.quick, train, test, device)
         rec = reconstruction_metrics(model, test)
         g = torch.Generator(device=device).manual_seed(0)
-        row = {"model": name, "test −ELBO": evaluate_elbo(model, test).loss, "SSIM": rec.ssim, "MSE": rec.mse,
-               "FID (classifier)": sample_fid(model, test, clf, n=len(test), generator=g)}
+        row = {
+            "model": name,
+            "test −ELBO": evaluate_elbo(model, test).loss,
+            "SSIM": rec.ssim,
+            "MSE": rec.mse,
+            "FID (classifier)": sample_fid(model, test, clf, n=len(test), generator=g),
+        }
         if conditional:
-            row["cond. accuracy"] = conditional_accuracy(model, clf, n_per_class=1000 if not args.quick else 50,
-                                                         generator=g)
+            row["cond. accuracy"] = conditional_accuracy(
+                model, clf, n_per_class=1000 if not args.quick else 50, generator=g
+            )
             labels = torch.arange(classes, device=device).repeat_interleave(10)
-            save_grid(model.sample(len(labels), labels, generator=g), args.out / "cvae_digits.png", nrow=10,
-                      row_labels=[str(c) for c in range(classes)])
+            save_grid(
+                model.sample(len(labels), labels, generator=g),
+                args.out / "cvae_digits.png",
+                nrow=10,
+                row_labels=[str(c) for c in range(classes)],
+            )
         else:
             save_grid(model.sample(100, generator=g), args.out / "vae_samples.png", nrow=10)
         save_loss_curves(result.history, args.out / f"{name.lower()}_loss.png", title=f"{name} (z={LATENT})")
         row.update({f"report {k}": v for k, v in REPORT[name].items()})
         rows.append(row)
 
-    print(table(rows, ["model", "test −ELBO", "SSIM", "MSE", "FID (classifier)", "cond. accuracy",
-                       "report SSIM", "report MSE", "report FID"]))
-    write_results(args.out, "cvae", args, {"rows": rows, "history": {k: [h.__dict__ for h in v] for k, v in histories.items()}}, started)
+    print(
+        table(
+            rows,
+            [
+                "model",
+                "test −ELBO",
+                "SSIM",
+                "MSE",
+                "FID (classifier)",
+                "cond. accuracy",
+                "report SSIM",
+                "report MSE",
+                "report FID",
+            ],
+        )
+    )
+    write_results(
+        args.out,
+        "cvae",
+        args,
+        {"rows": rows, "history": {k: [h.__dict__ for h in v] for k, v in histories.items()}},
+        started,
+    )
 
 
 if __name__ == "__main__":

@@ -51,12 +51,25 @@ def main() -> None:
         clf = clf or classifier(args.quick, train, test, device)
         g = torch.Generator(device=device).manual_seed(0)
         rec = reconstruction_metrics(model, test)
-        rows.append({"z": z, "test −ELBO": evaluate_elbo(model, test).loss, f"IW-NLL (K={k})": evaluate_iw_nll(model, test, k),
-                     "MSE": rec.mse, "SSIM": rec.ssim,
-                     "FID (classifier)": sample_fid(model, test, clf, n=len(test), generator=g)})
+        rows.append(
+            {
+                "z": z,
+                "test −ELBO": evaluate_elbo(model, test).loss,
+                f"IW-NLL (K={k})": evaluate_iw_nll(model, test, k),
+                "MSE": rec.mse,
+                "SSIM": rec.ssim,
+                "FID (classifier)": sample_fid(model, test, clf, n=len(test), generator=g),
+            }
+        )
         samples.append(model.sample(12, generator=torch.Generator(device=device).manual_seed(0)))
-        save_latent_scatter(model, test, args.out / f"latent_z{z}.png", n=min(len(test), 3000), seed=0,
-                            title=f"posterior means, z={z}" + (" (t-SNE)" if z > 2 else ""))
+        save_latent_scatter(
+            model,
+            test,
+            args.out / f"latent_z{z}.png",
+            n=min(len(test), 3000),
+            seed=0,
+            title=f"posterior means, z={z}" + (" (t-SNE)" if z > 2 else ""),
+        )
         curves[z] = result.history
         print(table(rows[-1:], list(rows[-1])))
 
@@ -71,8 +84,13 @@ def main() -> None:
     plt.close(fig)
 
     print(table(rows, list(rows[0])))
-    write_results(args.out, "latent_dim_ablation", args,
-                  {"lr": args.lr, "rows": rows, "history": {z: [h.__dict__ for h in v] for z, v in curves.items()}}, started)
+    write_results(
+        args.out,
+        "latent_dim_ablation",
+        args,
+        {"lr": args.lr, "rows": rows, "history": {z: [h.__dict__ for h in v] for z, v in curves.items()}},
+        started,
+    )
 
 
 if __name__ == "__main__":

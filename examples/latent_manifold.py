@@ -40,8 +40,12 @@ def centre_vs_edge(model: VAE, clf: torch.nn.Module) -> dict[str, float]:
     centre[7:13, 7:13] = True
     edge = torch.ones_like(centre)
     edge[1:-1, 1:-1] = False
-    return {"blur centre": float(entropy[centre].mean()), "blur edge": float(entropy[edge].mean()),
-            "classes centre": int(classes[centre].unique().numel()), "classes edge": int(classes[edge].unique().numel())}
+    return {
+        "blur centre": float(entropy[centre].mean()),
+        "blur edge": float(entropy[edge].mean()),
+        "classes centre": int(classes[centre].unique().numel()),
+        "classes edge": int(classes[edge].unique().numel()),
+    }
 
 
 def main() -> None:
@@ -60,8 +64,13 @@ def main() -> None:
             if stats.epoch in (1, epochs):
                 tag = "first" if stats.epoch == 1 else "last"
                 save_manifold(m, args.out / f"manifold_z{z}_{tag}.png", n=GRID, limit=3.0 if z == 1 else LIMIT)
-                save_latent_scatter(m, test, args.out / f"latent_z{z}_{tag}.png", n=min(len(test), 3000),
-                                    title=f"z={z}, after epoch {stats.epoch}")
+                save_latent_scatter(
+                    m,
+                    test,
+                    args.out / f"latent_z{z}_{tag}.png",
+                    n=min(len(test), 3000),
+                    title=f"z={z}, after epoch {stats.epoch}",
+                )
 
         result = fit(model, train, test=test, epochs=epochs, seed=args.seed, device=args.device, callbacks=[snapshot])
         results[f"z={z}"] = {"test −ELBO": result.history[-1].test_loss}

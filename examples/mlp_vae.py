@@ -34,9 +34,21 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     shape = train.data_shape
-    model = VAE(MLPEncoder(shape, 20, hidden=(400,)), MLPDecoder(20, shape, hidden=(400,)), Bernoulli(), StandardNormal(20))
-    result = fit(model, train, test=test, epochs=epochs, batch_size=128, lr=1e-3, seed=args.seed,
-                 device=args.device, out=args.out / "run", resume=True)
+    model = VAE(
+        MLPEncoder(shape, 20, hidden=(400,)), MLPDecoder(20, shape, hidden=(400,)), Bernoulli(), StandardNormal(20)
+    )
+    result = fit(
+        model,
+        train,
+        test=test,
+        epochs=epochs,
+        batch_size=128,
+        lr=1e-3,
+        seed=args.seed,
+        device=args.device,
+        out=args.out / "run",
+        resume=True,
+    )
 
     elbo = evaluate_elbo(model, test)
     nll = evaluate_iw_nll(model, test, k)
@@ -47,12 +59,27 @@ def main() -> None:
     save_reconstructions(x, model.reconstruct(x), args.out / "reconstructions.png", nrow=8)
     save_loss_curves(result.history, args.out / "loss.png", title="MLP VAE 784-400-20 on MNIST")
 
-    row = {"test −ELBO (1 sample)": elbo.loss, "KL": elbo.kl, f"IW-NLL (K={k})": nll,
-           "epochs": epochs, "s/epoch": sum(h.seconds for h in result.history) / epochs}
+    row = {
+        "test −ELBO (1 sample)": elbo.loss,
+        "KL": elbo.kl,
+        f"IW-NLL (K={k})": nll,
+        "epochs": epochs,
+        "s/epoch": sum(h.seconds for h in result.history) / epochs,
+    }
     print(table([row], list(row)))
-    write_results(args.out, "mlp_vae", args, {"test_neg_elbo": elbo.loss, "test_kl": elbo.kl,
-                                              "test_iw_nll": nll, "iw_samples": k,
-                                              "history": [h.__dict__ for h in result.history]}, started)
+    write_results(
+        args.out,
+        "mlp_vae",
+        args,
+        {
+            "test_neg_elbo": elbo.loss,
+            "test_kl": elbo.kl,
+            "test_iw_nll": nll,
+            "iw_samples": k,
+            "history": [h.__dict__ for h in result.history],
+        },
+        started,
+    )
 
 
 if __name__ == "__main__":
