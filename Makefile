@@ -15,7 +15,7 @@ $(STAMP): $(PY) pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/genvae train --epochs 3 --out runs/demo
+	$(VENV)/bin/genvae train --epochs 3 --out runs/demo --resume
 	@echo "run folder: runs/demo (samples.png, reconstructions.png, loss.png, metrics.json)"
 
 test: $(STAMP)

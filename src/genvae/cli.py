@@ -139,7 +139,7 @@ def _data(cfg: RunConfig, split: str, binarize: str | None = None, subset: int |
 
 def _train(args: argparse.Namespace) -> None:
     from .metrics.likelihood import evaluate_elbo
-    from .train import fit
+    from .train import fit, resolve_device
     from .viz import save_grid, save_loss_curves, save_reconstructions
 
     settings = read_config(args.config) if args.config else {}
@@ -148,6 +148,7 @@ def _train(args: argparse.Namespace) -> None:
     cfg = RunConfig(**settings)
     if cfg.out is None:
         cfg.out = f"runs/{cfg.model}-{cfg.arch}-z{cfg.latent_dim}-{time.strftime('%Y%m%d-%H%M%S')}"
+    resolve_device(cfg.device)  # fail before any data is loaded
     run = Path(cfg.out)
     if (run / "checkpoint.pt").exists() and not args.resume:
         raise _UserError(

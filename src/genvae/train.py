@@ -123,7 +123,7 @@ def fit(
     grad_clip: float | None = None,
     device: str | torch.device = "auto",
     seed: int = 0,
-    compile: bool = False,
+    compile: bool | str = False,
     amp: bool = False,
     out: str | os.PathLike[str] | None = None,
     resume: bool = False,
@@ -148,7 +148,8 @@ def fit(
         grad_clip: clip the global gradient norm to this value.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: seeds the parameters' noise draws and the batch order.
-        compile: wrap the loss in ``torch.compile``.
+        compile: wrap the loss in ``torch.compile``; a string picks its mode, e.g. ``"reduce-overhead"``
+            (CUDA graphs on a GPU).
         amp: bfloat16 autocast for the forward pass.
         out: run folder; after every epoch it receives ``checkpoint.pt`` (weights, optimizer,
             scheduler and RNG states, history), ``model.safetensors`` and ``history.json``, each
@@ -236,7 +237,10 @@ def fit(
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             return net(x, y, beta=beta_t).loss
 
-    step_loss = torch.compile(objective) if compile else objective
+    if compile:
+        step_loss = torch.compile(objective, mode=compile if isinstance(compile, str) else None)
+    else:
+        step_loss = objective
     show = progress if progress is not None else sys.stderr.isatty()
     steps_per_epoch = len(loader)
     beta_t = torch.tensor(float(beta), device=dev)

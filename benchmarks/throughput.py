@@ -1,0 +1,292 @@
+"""Training throughput of genvae against the standard tutorial loop and pythae, on one device.
+
+    python benchmarks/throughput.py [--device cpu|cuda] [--quick]
+
+For the MLP VAE 784-400-20 and the conv VAE of the examples, at batch 128 and 1024, it measures
+images per second of a full training step (forward, backward, Adam) for genvae eager, genvae with
+``torch.compile`` and, on a GPU, bf16 autocast and CUDA graphs; then the tutorial loop
+(torchvision MNIST + ToTensor + DataLoader) and, when installed, pythae's VAE + BaseTrainer with
+the same networks, in the same run. Each figure is the median of several timed epochs (the first,
+with compilation and warm-up, is dropped); the device is synchronised before each clock read. The
+model's FLOPs per image (counted by torch's FlopCounterMode on one training step) and a large
+matmul's rate in the same run turn each figure into a fraction of the machine's limit.
+Results: ``benchmarks/results/DEVICE.json`` and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tutorial_loop import TutorialVAE, loss_function  # noqa: E402
+
+from genvae import VAE  # noqa: E402
+from genvae.data import ImageDataset, fetch_mnist, load_mnist  # noqa: E402
+from genvae.likelihoods import Bernoulli  # noqa: E402
+from genvae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: E402
+from genvae.priors import StandardNormal  # noqa: E402
+from genvae.train import fit, resolve_device  # noqa: E402
+
+SHAPE, LATENT = (1, 28, 28), 20
+
+
+@dataclass
+class Row:
+    model: str
+    loop: str
+    batch: int
+    images_per_second: float
+    seconds_per_epoch: float
+    gflop_per_second: float
+    fraction_of_matmul: float
+    vs_tutorial: float | None = None
+    vs_pythae: float | None = None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
+    """FLOP/s of an n×n by n×n matmul: median over ``repeats`` after warm-up."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def mlp_vae() -> VAE:
+    return VAE(MLPEncoder(SHAPE, LATENT), MLPDecoder(LATENT, SHAPE), Bernoulli(), StandardNormal(LATENT))
+
+
+def conv_vae() -> VAE:
+    return VAE(ConvEncoder(SHAPE, LATENT), ConvDecoder(LATENT, SHAPE), Bernoulli(), StandardNormal(LATENT))
+
+
+def flops_per_image(make: Callable[[], VAE], device: torch.device, batch: int = 128) -> float:
+    """FLOPs of one training step (forward and backward) divided by the batch size."""
+    model = make().to(device)
+    model.validate_args = False
+    x = torch.rand(batch, *SHAPE, device=device)
+    with FlopCounterMode(display=False) as counter:
+        model(x).loss.backward()
+    return counter.get_total_flops() / batch
+
+
+def time_genvae(make, train: ImageDataset, device, batch: int, epochs: int, **options) -> float:
+    """Median images/s over the epochs after the first, as ``fit`` reports them."""
+    torch.manual_seed(0)
+    history = fit(make(), train, epochs=epochs, batch_size=batch, device=device, progress=False, **options).history
+    return statistics.median(h.images_per_second for h in history[1:])
+
+
+def time_tutorial(make_net: Callable[[], nn.Module], device, batch: int, steps: int, repeats: int) -> float:
+    """images/s of the tutorial loop: torchvision MNIST + ToTensor + DataLoader, batches moved to the device."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    root = fetch_mnist().parent.parent
+    loader = DataLoader(
+        datasets.MNIST(root, train=True, download=False, transform=transforms.ToTensor()),
+        batch_size=batch,
+        shuffle=True,
+    )
+    torch.manual_seed(0)
+    model = make_net().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rates = []
+    for r in range(repeats + 1):
+        n, it = 0, iter(loader)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            data, _ = next(it)
+            data = data.to(device)
+            opt.zero_grad()
+            recon, mu, logvar = model(data)
+            loss = loss_function(recon, data, mu, logvar)
+            loss.backward()
+            loss.item()  # the tutorial reads the loss every step
+            opt.step()
+            n += data.shape[0]
+        sync(device)
+        if r:  # the first repeat is warm-up
+            rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def time_pythae(device, train: ImageDataset, batch: int, epochs: int) -> float | None:
+    """images/s of pythae's VAE + BaseTrainer with genvae's MLP nets wrapped as pythae's encoder/decoder."""
+    try:
+        from pythae.models import VAE as PythaeVAE
+        from pythae.models import VAEConfig
+        from pythae.models.base.base_utils import ModelOutput
+        from pythae.models.nn import BaseDecoder, BaseEncoder
+        from pythae.trainers import BaseTrainer, BaseTrainerConfig
+    except ImportError:
+        return None
+
+    class Enc(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.net = MLPEncoder(SHAPE, LATENT).net
+
+        def forward(self, x):
+            loc, logvar = self.net(x.flatten(1)).chunk(2, -1)
+            return ModelOutput(embedding=loc, log_covariance=logvar)
+
+    class Dec(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.net = MLPDecoder(LATENT, SHAPE).net
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=torch.sigmoid(self.net(z)).unflatten(-1, SHAPE))
+
+    from pythae.data.datasets import BaseDataset
+
+    data = BaseDataset(train.float_images(), train.labels)
+
+    def run(n_epochs: int) -> float:
+        torch.manual_seed(0)
+        model = PythaeVAE(VAEConfig(input_dim=SHAPE, latent_dim=LATENT, reconstruction_loss="bce"), Enc(), Dec())
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = BaseTrainerConfig(
+                output_dir=tmp,
+                num_epochs=n_epochs,
+                per_device_train_batch_size=batch,
+                learning_rate=1e-3,
+                no_cuda=device.type != "cuda",
+                steps_saving=None,
+                steps_predict=None,
+            )
+            trainer = BaseTrainer(model=model, train_dataset=data, training_config=cfg)
+            sync(device)
+            t0 = time.perf_counter()
+            trainer.train()
+            sync(device)
+            return time.perf_counter() - t0
+
+    # The difference between a 1-epoch and a (1 + epochs)-epoch run removes the trainer's fixed set-up cost.
+    per_epoch = (run(1 + epochs) - run(1)) / epochs
+    return len(data) / per_epoch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="small subsets, one timed epoch: a smoke run")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if gpu else f"cpu-{platform.machine()}-{torch.get_num_threads()}threads"
+
+    full = load_mnist("train")
+    epochs = 2 if args.quick else 4  # the first is dropped: median of the rest
+    subset = {
+        "mlp": full.subset(8192) if args.quick else full,
+        "conv": full.subset(2048 if args.quick else (60000 if gpu else 8192)),
+    }
+    peak = {"float32": matmul_rate(device, torch.float32, 8192 if gpu else 2048)}
+    if gpu:
+        peak["bfloat16"] = matmul_rate(device, torch.bfloat16, 8192)
+    print(
+        f"device: {name}; torch {torch.__version__}; matmul "
+        + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peak.items()),
+        file=sys.stderr,
+    )
+
+    loops: dict[str, dict] = {"genvae eager": {}, "genvae compile": {"compile": True}}
+    if gpu:
+        loops["genvae compile + bf16"] = {"compile": True, "amp": True}
+        loops["genvae CUDA graphs + bf16"] = {"compile": "reduce-overhead", "amp": True}
+    rows: list[Row] = []
+    for model_name, make in (("MLP 784-400-20", mlp_vae), ("conv 32-64-128, z=20", conv_vae)):
+        flops = flops_per_image(make, device)
+        data = subset["mlp" if make is mlp_vae else "conv"]
+        for batch in (128, 1024):
+            reference = {}
+            if make is mlp_vae:
+                steps = 40 if args.quick else (200 if batch == 128 else 40)
+                reference["tutorial"] = time_tutorial(TutorialVAE, device, batch, steps, repeats=1 if args.quick else 3)
+                reference["pythae"] = time_pythae(
+                    device, full.subset(4096 if args.quick else 16384), batch, epochs=1 if args.quick else 2
+                )
+            for loop, options in loops.items():
+                ips = time_genvae(make, data, device, batch, epochs, **options)
+                bf16 = options.get("amp", False)
+                rate = ips * flops
+                rows.append(
+                    Row(
+                        model_name,
+                        loop,
+                        batch,
+                        ips,
+                        60000 / ips,
+                        rate / 1e9,
+                        rate / peak["bfloat16" if bf16 else "float32"],
+                        ips / reference["tutorial"] if reference.get("tutorial") else None,
+                        ips / reference["pythae"] if reference.get("pythae") else None,
+                    )
+                )
+                print(f"{model_name} b{batch} {loop}: {ips:,.0f} img/s", file=sys.stderr)
+            for ref, ips in reference.items():
+                if ips:
+                    rows.append(
+                        Row(model_name, ref, batch, ips, 60000 / ips, ips * flops / 1e9, ips * flops / peak["float32"])
+                    )
+
+    header = ["model", "loop", "batch", "images/s", "s/epoch", "GFLOP/s", "% of matmul", "× tutorial", "× pythae"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for r in rows:
+        cells = [
+            r.model,
+            r.loop,
+            r.batch,
+            f"{r.images_per_second:,.0f}",
+            f"{r.seconds_per_epoch:.2f}",
+            f"{r.gflop_per_second:.1f}",
+            f"{100 * r.fraction_of_matmul:.0f}%",
+            f"{r.vs_tutorial:.1f}×" if r.vs_tutorial else "",
+            f"{r.vs_pythae:.1f}×" if r.vs_pythae else "",
+        ]
+        print("| " + " | ".join(map(str, cells)) + " |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "device": name,
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "threads": torch.get_num_threads(),
+        "matmul_flops_per_second": peak,
+        "flops_per_image": {"MLP": flops_per_image(mlp_vae, device), "conv": flops_per_image(conv_vae, device)},
+        "rows": [asdict(r) for r in rows],
+    }
+    path = args.out / f"{'cuda' if gpu else 'cpu'}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
