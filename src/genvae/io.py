@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -69,20 +70,36 @@ def describe(model: nn.Module) -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION, "model": _describe(model, "model", {})}
 
 
-def _import(name: str, trusted: tuple[str, ...]) -> Any:
+def _import(name: str, trusted: tuple[str, ...], *, module_class: bool) -> type:
+    """Import the class ``name`` ("pkg.mod.Class"), refusing anything outside ``trusted``.
+
+    The class itself (not only the string) must live in a trusted module, must be reached without
+    walking through another module's attributes, and must be an ``nn.Module`` subclass where
+    ``module_class`` is set: a crafted file cannot name ``genvae.io.os.system``.
+    """
+    refuse = ValueError(
+        f"refusing to import {name!r}: expected a class defined under one of {list(trusted)}; "
+        "pass trusted=('yourpackage.',) to load(...) to allow your own parts"
+    )
     if not name.startswith(trusted):
-        raise ValueError(
-            f"refusing to import {name!r}: expected a class under one of {list(trusted)}; "
-            "pass trusted=('yourpackage.',) to load(...) to allow your own parts"
-        )
-    module, _, attr = name.rpartition(".")
-    try:
-        obj: Any = importlib.import_module(module)
-    except ImportError:  # nested qualname: import the longest importable prefix
-        head, _, rest = module.rpartition(".")
-        obj, attr = importlib.import_module(head), f"{rest}.{attr}"
-    for part in attr.split("."):
-        obj = getattr(obj, part)
+        raise refuse
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr, None)
+            if obj is None or isinstance(obj, ModuleType):
+                raise refuse
+        break
+    else:
+        raise refuse
+    if not isinstance(obj, type) or not f"{obj.__module__}.".startswith(trusted) or _qualname(obj) != name:
+        raise refuse
+    if module_class and not issubclass(obj, nn.Module):
+        raise refuse
     return obj
 
 
@@ -94,8 +111,8 @@ def _build(spec: Any, path: str, built: dict[str, Any], trusted: tuple[str, ...]
     if "ref" in spec:
         return built[spec["ref"]]
     if "type" in spec:
-        return _import(spec["type"], trusted)
-    cls = _import(spec["class"], trusted)
+        return _import(spec["type"], trusted, module_class=False)
+    cls = _import(spec["class"], trusted, module_class=True)
     args = {name: _build(v, f"{path}.{name}", built, trusted) for name, v in spec["args"].items()}
     built[path] = obj = cls(**args)
     return obj

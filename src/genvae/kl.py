@@ -54,7 +54,12 @@ def kl_bernoulli(logits_q: Tensor, logits_p: Tensor) -> Tensor:
     """
     log_q1, log_q0 = F.logsigmoid(logits_q), F.logsigmoid(-logits_q)
     log_p1, log_p0 = F.logsigmoid(logits_p), F.logsigmoid(-logits_p)
-    return (log_q1.exp() * (log_q1 - log_p1) + log_q0.exp() * (log_q0 - log_p0)).sum(-1)
+    q1, q0 = log_q1.exp(), log_q0.exp()
+    zero = torch.zeros_like(q1)
+    # An outcome q never takes (logit ±inf) contributes 0, not 0 · (−inf) = NaN.
+    return (torch.where(q1 > 0, q1 * (log_q1 - log_p1), zero) + torch.where(q0 > 0, q0 * (log_q0 - log_p0), zero)).sum(
+        -1
+    )
 
 
 def kl_categorical(logits_q: Tensor, logits_p: Tensor) -> Tensor:

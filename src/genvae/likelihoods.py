@@ -103,7 +103,7 @@ class Gaussian(nn.Module):
         super().__init__()
         self.sigma = positive_float("sigma", sigma)
         self.learned = bool(learned)
-        self.shape = shape_tuple("shape", shape) if len(tuple(shape)) else ()
+        self.shape = () if shape == () else shape_tuple("shape", shape)
         self.min_sigma = positive_float("min_sigma", min_sigma)
         self.event_dims = _event_dims(event_dims)
         if self.learned:

@@ -44,13 +44,21 @@ class ELBO:
 
 
 def _sample_with(dist: Distribution, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
-    """``dist.sample(shape)`` drawn from ``generator``'s stream when one is given (reproducible)."""
+    """``dist.sample(shape)`` drawn from ``generator``'s stream when one is given (reproducible).
+
+    The default generator of ``generator``'s device is seeded from it inside ``fork_rng``, so the
+    global random state is left as it was; the generator must be on the distribution's device.
+    """
     if generator is None:
         return dist.sample(shape)
     seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
-    devices = [generator.device.index or 0] if generator.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    if generator.device.type == "cuda":
+        index = generator.device.index if generator.device.index is not None else torch.cuda.current_device()
+        with torch.random.fork_rng(devices=[index]), torch.cuda.device(index):
+            torch.cuda.manual_seed(seed)
+            return dist.sample(shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
         return dist.sample(shape)
 
 

@@ -1,0 +1,60 @@
+"""Shared fixtures: a small synthetic labelled image set (bars at class-dependent positions)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import pytest
+import torch
+
+BARS_SHAPE = (1, 12, 12)
+BARS_CLASSES = 10
+
+
+class LabelledImages(NamedTuple):
+    x: torch.Tensor  # (N, 1, 12, 12) float32 in [0, 1]
+    y: torch.Tensor  # (N,) int64 in range(10)
+
+
+def bar_pattern(c: int) -> torch.Tensor:
+    """The clean ``(1, 12, 12)`` pattern of class ``c``: a 2-pixel bar, horizontal for c < 5."""
+    img = torch.zeros(BARS_SHAPE)
+    if c < 5:
+        img[0, 2 * c + 1 : 2 * c + 3, 1:11] = 1.0
+    else:
+        img[0, 1:11, 2 * (c - 5) + 1 : 2 * (c - 5) + 3] = 1.0
+    return img
+
+
+def make_bars(n_per_class: int, seed: int, noise: float = 0.1) -> LabelledImages:
+    """``n_per_class`` noisy copies of each of the 10 bar patterns, pixels clipped to [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.stack([bar_pattern(c) for c in range(BARS_CLASSES)])  # (10, 1, 12, 12)
+    y = torch.arange(BARS_CLASSES).repeat_interleave(n_per_class)
+    x = 0.05 + 0.9 * patterns[y] + noise * torch.randn(len(y), *BARS_SHAPE, generator=g)
+    x = x.clamp(0.0, 1.0)
+    perm = torch.randperm(len(y), generator=g)
+    return LabelledImages(x[perm].contiguous(), y[perm].contiguous())
+
+
+@pytest.fixture(scope="session")
+def bars_train() -> LabelledImages:
+    return make_bars(60, seed=0)
+
+
+@pytest.fixture(scope="session")
+def bars_test() -> LabelledImages:
+    return make_bars(20, seed=1)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Run on one intra-op thread: the tensors here are tiny, and on a shared 2-core machine two
+    threads per process oversubscribe the cores and slow small ops by an order of magnitude."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
