@@ -190,7 +190,7 @@ def _train(args: argparse.Namespace) -> None:
             )
         ],
     )
-    summary = evaluate_elbo(model, test, seed=0)
+    summary = evaluate_elbo(model, test, seed=cfg.seed)  # the estimate of the last epoch in history.json
     write_json(
         run / "metrics.json",
         {
