@@ -144,11 +144,11 @@ def run(argv: list[str]) -> int:
 
 
 def test_corrupt_run_folder_and_missing_cuda(tmp_path, capsys):
-    run = tmp_path / "bad"
-    run.mkdir()
-    (run / "config.json").write_text("{}")
-    (run / "model.safetensors").write_bytes(b"not a safetensors file")
-    assert main(["info", str(run)]) == 2
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    assert main(["info", str(bad)]) == 2
     assert "safetensors" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert run(["train", "--device", "cuda", "--epochs", "1", "--out", str(tmp_path / "c")]) == 2

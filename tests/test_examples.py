@@ -20,8 +20,14 @@ SCRIPTS = ["mlp_vae", "latent_dim_ablation", "latent_manifold", "cvae", "conv_va
 def test_example_quick(name: str, tmp_path: Path) -> None:
     out = tmp_path / name
     env = dict(os.environ, MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), "--quick", "--device", "cpu", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=EXAMPLES)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), "--quick", "--device", "cpu", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=EXAMPLES,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     record = json.loads((out / "results.json").read_text())
     assert record["example"] == name and record["quick"] is True
