@@ -26,7 +26,7 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[docs]"
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info

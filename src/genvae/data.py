@@ -500,11 +500,12 @@ class BatchLoader:
         generator: the CPU (or device) generator behind the order and the dynamic binarization;
             default: a new one seeded from torch's global generator.
         device: where the data and batches live; default: where ``dataset`` is.
-        rank, world_size: this process's shard, ``perm[rank::world_size]`` cut to
+        rank: this process's shard is ``perm[rank::world_size]``, cut to
             ``len(dataset) // world_size`` images so that every rank gets as many batches.
+        world_size: number of processes sharing each epoch.
 
-    Yields:
-        ``(x, y)``: ``x (B, C, H, W)`` float32 in [0, 1] and ``y (B,)`` int64, on ``device``.
+    Iterating yields ``(x, y)``: ``x (B, C, H, W)`` float32 in [0, 1] and ``y (B,)`` int64, on
+    ``device``.
     """
 
     def __init__(

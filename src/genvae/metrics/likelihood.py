@@ -6,12 +6,14 @@ All numbers are in nats per example (summed over pixels, averaged over examples)
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .._checks import positive_int
+from ..data import BatchLoader, ImageDataset
 from ..models import _LatentVariableModel
 
 __all__ = ["ELBOSummary", "evaluate_elbo", "iw_nll", "evaluate_iw_nll"]
@@ -38,10 +40,12 @@ class ELBOSummary:
     num_examples: int
 
 
-def _batches(data, batch_size: int):  # -> Iterator[tuple[Tensor, Tensor | None]]
-    """Yield ``(x, y)`` from an ImageDataset / loader / ``(x, y)`` pair, in order."""
-    from ..data import BatchLoader, ImageDataset  # data depends only on torch; imported lazily
+Data = ImageDataset | BatchLoader | tuple[Tensor, Tensor | None]
+"""What the data-set metrics accept: a data set, a loader, or an ``(x, y)`` pair of tensors."""
 
+
+def _batches(data: Data, batch_size: int) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """Yield ``(x, y)`` from an ImageDataset / loader / ``(x, y)`` pair, in order."""
     if isinstance(data, ImageDataset):
         data = BatchLoader(data, batch_size, shuffle=False, generator=torch.Generator().manual_seed(0))
     if isinstance(data, tuple):
@@ -57,7 +61,7 @@ def _labels_for(model: _LatentVariableModel, y: Tensor | None) -> Tensor | None:
 
 
 @torch.no_grad()
-def evaluate_elbo(model: _LatentVariableModel, data, *, batch_size: int = 1000, seed: int = 0) -> ELBOSummary:
+def evaluate_elbo(model: _LatentVariableModel, data: Data, *, batch_size: int = 1000, seed: int = 0) -> ELBOSummary:
     """Mean single-sample ELBO terms of ``model`` over ``data``.
 
     Args:
@@ -122,7 +126,7 @@ def iw_nll(
 
 
 @torch.no_grad()
-def evaluate_iw_nll(model: _LatentVariableModel, data, k: int, *, batch_size: int = 100, seed: int = 0) -> float:
+def evaluate_iw_nll(model: _LatentVariableModel, data: Data, k: int, *, batch_size: int = 100, seed: int = 0) -> float:
     """Mean of :func:`iw_nll` over a data set (nats per example); arguments as :func:`evaluate_elbo`."""
     was_training = model.training
     model.eval()
