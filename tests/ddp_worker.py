@@ -17,8 +17,9 @@ out = Path(sys.argv[1])
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
-model = VAE(MLPEncoder((1, 28, 28), 4, hidden=(32,)), MLPDecoder(4, (1, 28, 28), hidden=(32,)),
-            Bernoulli(), StandardNormal(4))
+model = VAE(
+    MLPEncoder((1, 28, 28), 4, hidden=(32,)), MLPDecoder(4, (1, 28, 28), hidden=(32,)), Bernoulli(), StandardNormal(4)
+)
 if rank == 0:
     torch.save(model.state_dict(), out / "init.pt")
 fit(model, synthetic_digits(256, seed=0), epochs=3, batch_size=32, device="cpu", out=out / "run", progress=False)

@@ -43,8 +43,15 @@ def test_fit_lowers_test_loss_and_writes_history(data, tmp_path):
     assert losses[-1] < losses[0] - 20, losses  # measured: ~50 nats lower after 4 epochs
     records = json.loads((tmp_path / "history.json").read_text())
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
-    assert set(records[0]) == {"epoch", "train_loss", "test_loss", "test_kl", "test_log_likelihood",
-                               "seconds", "images_per_second"}
+    assert set(records[0]) == {
+        "epoch",
+        "train_loss",
+        "test_loss",
+        "test_kl",
+        "test_log_likelihood",
+        "seconds",
+        "images_per_second",
+    }
     for r in records:  # −ELBO = KL − E log p(x|z), per image
         assert r["test_loss"] == pytest.approx(r["test_kl"] - r["test_log_likelihood"], rel=1e-6)
     reloaded = load(tmp_path)
@@ -59,8 +66,17 @@ def test_resume_is_bit_identical(data, tmp_path):
     first = small_vae()
     fit(first, train, test=test, epochs=2, batch_size=32, device="cpu", out=tmp_path / "b", progress=False)
     resumed = small_vae(seed=123)  # different initial weights: everything must come from the checkpoint
-    result = fit(resumed, train, test=test, epochs=4, batch_size=32, device="cpu", out=tmp_path / "b",
-                 resume=True, progress=False)
+    result = fit(
+        resumed,
+        train,
+        test=test,
+        epochs=4,
+        batch_size=32,
+        device="cpu",
+        out=tmp_path / "b",
+        resume=True,
+        progress=False,
+    )
     assert [h.epoch for h in result.history] == [1, 2, 3, 4]
     for k, v in weights(straight).items():
         assert torch.equal(v, resumed.state_dict()[k]), k
@@ -88,14 +104,31 @@ def test_crash_mid_epoch_keeps_checkpoint_and_resume_matches(data, tmp_path):
     crashing = small_vae()
     steps_per_epoch = len(BatchLoader(train, 32))
     with pytest.raises(KeyboardInterrupt):
-        fit(crashing, train, epochs=3, batch_size=32, device="cpu", out=tmp_path / "b", progress=False,
-            optimizer=lambda p: _CrashAfter(p, limit=steps_per_epoch + 5))  # mid epoch 2
+        fit(
+            crashing,
+            train,
+            epochs=3,
+            batch_size=32,
+            device="cpu",
+            out=tmp_path / "b",
+            progress=False,
+            optimizer=lambda p: _CrashAfter(p, limit=steps_per_epoch + 5),
+        )  # mid epoch 2
     ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.endswith(".tmp")]
     resumed = small_vae(seed=7)
-    fit(resumed, train, epochs=3, batch_size=32, device="cpu", out=tmp_path / "b", resume=True, progress=False,
-        optimizer=never)
+    fit(
+        resumed,
+        train,
+        epochs=3,
+        batch_size=32,
+        device="cpu",
+        out=tmp_path / "b",
+        resume=True,
+        progress=False,
+        optimizer=never,
+    )
     for k, v in weights(straight).items():
         assert torch.equal(v, resumed.state_dict()[k]), k
 
@@ -121,8 +154,17 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(data, tmp_
     train, _ = data
     steps_per_epoch = len(BatchLoader(train, 32))
     with pytest.raises(FloatingPointError, match=r"epoch 2, step \d+"):
-        fit(small_vae(), train, epochs=3, batch_size=32, device="cpu", out=tmp_path, progress=False, log_every=2,
-            optimizer=lambda p: _Poison(p, at=steps_per_epoch + 3))
+        fit(
+            small_vae(),
+            train,
+            epochs=3,
+            batch_size=32,
+            device="cpu",
+            out=tmp_path,
+            progress=False,
+            log_every=2,
+            optimizer=lambda p: _Poison(p, at=steps_per_epoch + 3),
+        )
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
@@ -180,9 +222,21 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     script = Path(__file__).with_name("ddp_worker.py")
     env = dict(os.environ, GENVAE_BACKEND="gloo", OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         str(script), str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            str(script),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

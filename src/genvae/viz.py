@@ -12,13 +12,24 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from ._files import atomic_path  # noqa: E402
 
-__all__ = ["save_grid", "save_loss_curves", "save_reconstructions"]
+__all__ = [
+    "embed_latents",
+    "save_grid",
+    "save_image_rows",
+    "save_latent_scatter",
+    "save_loss_curves",
+    "save_manifold",
+    "save_reconstructions",
+    "save_traversal",
+]
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:
@@ -88,9 +99,165 @@ def save_loss_curves(history: Sequence, path: str | os.PathLike[str], *, title: 
     if test:
         ax.plot(*zip(*test), marker="o", ms=3, label="test")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("−ELBO (nats per image)")
     ax.grid(alpha=0.3)
     ax.legend()
     if title:
         ax.set_title(title, fontsize=10)
     return _save(fig, path, dpi=120)
+
+
+def save_image_rows(
+    rows: Sequence[Tensor], labels: Sequence[str], path: str | os.PathLike[str], *, title: str | None = None
+) -> Path:
+    """Write several rows of images, one label per row: ``rows[i]`` is ``(N_i, C, H, W)`` in [0, 1]."""
+    if len(rows) != len(labels):
+        raise ValueError(f"expected one label per row, got {len(rows)} rows and {len(labels)} labels")
+    width = max(r.shape[0] for r in rows)
+    padded = [torch.cat([r.detach().cpu().float(), torch.ones(width - r.shape[0], *r.shape[1:])]) for r in rows]
+    return save_grid(torch.cat(padded), path, nrow=width, title=title, row_labels=list(labels))
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def save_traversal(
+    model,
+    path: str | os.PathLike[str],
+    *,
+    dims: Sequence[int] | None = None,
+    values: Tensor | None = None,
+    base: Tensor | None = None,
+    y: Tensor | None = None,
+) -> Path:
+    """One row per latent dim: decode ``base`` (default 0) with that dim swept over ``values``.
+
+    Args:
+        model: a VAE or CVAE.
+        dims: latent dims to sweep (default: all).
+        values: the values, default 11 points on [-3, 3].
+        base: the code ``(D,)`` the sweep starts from.
+        y: one label (0-d tensor) for a conditional model.
+    """
+    d = model.latent_dim
+    device = _device(model)
+    values = (values if values is not None else torch.linspace(-3, 3, 11)).to(device)
+    dims = list(range(d)) if dims is None else list(dims)
+    base = torch.zeros(d, device=device) if base is None else base.to(device)
+    rows = []
+    for i in dims:
+        z = base.expand(len(values), d).clone()  # (V, D)
+        z[:, i] = values
+        yy = None if y is None else y.to(device).reshape(1).expand(len(values))
+        rows.append(model.decode(z, yy).mean.cpu())
+    return save_image_rows(rows, [f"z[{i}]" for i in dims], path, title="latent traversal")
+
+
+@torch.no_grad()
+def save_manifold(
+    model, path: str | os.PathLike[str], *, n: int = 20, limit: float = 5.0, y: Tensor | None = None
+) -> Path:
+    """Decode a regular grid of a 1-D or 2-D latent space.
+
+    z = 2: an ``n×n`` grid over [-limit, limit]²; columns go from z₁ = −limit (left) to +limit
+    (right), rows from z₂ = +limit (top) to −limit (bottom). z = 1: ``n`` values in one row.
+    """
+    d = model.latent_dim
+    if d not in (1, 2):
+        raise ValueError(f"expected a model with latent_dim 1 or 2 for a manifold, got latent_dim={d}")
+    device = _device(model)
+    t = torch.linspace(-limit, limit, n, device=device)
+    if d == 1:
+        z = t[:, None]  # (n, 1)
+    else:
+        z2, z1 = torch.meshgrid(t.flip(0), t, indexing="ij")  # rows: z2 from +limit down
+        z = torch.stack([z1, z2], -1).reshape(-1, 2)  # (n·n, 2), row-major
+    yy = None if y is None else y.to(device).reshape(1).expand(len(z))
+    images = model.decode(z, yy).mean.clamp(0, 1).cpu()  # (n·n, C, H, W)
+    grid = _grid_image(images, n)
+    h, w = images.shape[-2] + 1, images.shape[-1] + 1
+    rows = 1 if d == 1 else n
+    fig, ax = plt.subplots(figsize=(max(3.0, n * 0.35), max(1.2, rows * 0.35) + 0.5))
+    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+    ticks = list(range(0, n, max(1, n // 5)))
+    labels = [f"{v:.1f}" for v in t.cpu().tolist()]
+    ax.set_xticks([1 + w * i + w / 2 for i in ticks], [labels[i] for i in ticks])
+    ax.set_xlabel("z₁" if d == 2 else "z")
+    if d == 2:
+        ax.set_yticks([1 + h * i + h / 2 for i in ticks], [labels[::-1][i] for i in ticks])
+        ax.set_ylabel("z₂")
+    else:
+        ax.set_yticks([])
+    return _save(fig, path, dpi=110)
+
+
+@torch.no_grad()
+def embed_latents(model, data, *, n: int = 5000, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """2-D coordinates of the posterior means of the first ``n`` images of ``data`` and their labels.
+
+    ``method``: ``"direct"`` (D ≤ 2; D = 1 is paired with a small label-free jitter), ``"pca"``,
+    ``"tsne"`` (scikit-learn, the ``genvae[viz]`` extra), or ``"auto"`` (direct for D ≤ 2, else t-SNE).
+
+    Returns:
+        ``(n, 2)`` coordinates and ``(n,)`` labels.
+    """
+    from .metrics.likelihood import _batches
+
+    device = _device(model)
+    n = min(n, len(data))
+    subset = data.subset(n)
+    means, labels = [], []
+    for x, y in _batches(subset, 1000):
+        yy = y.to(device) if model.num_classes is not None else None
+        means.append(model.encode(x.to(device), yy).mean.cpu())
+        labels.append(y.cpu())
+    z = torch.cat(means).double().numpy()
+    lab = torch.cat(labels).numpy()
+    d = z.shape[1]
+    method = ("direct" if d <= 2 else "tsne") if method == "auto" else method
+    if method == "direct":
+        if d > 2:
+            raise ValueError(f"expected latent_dim <= 2 for method='direct', got {d}")
+        if d == 1:
+            jitter = np.random.default_rng(seed).uniform(-0.4, 0.4, size=len(z))
+            return np.stack([z[:, 0], jitter], 1), lab
+        return z, lab
+    if method == "pca":
+        centred = z - z.mean(0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        return centred @ vt[:2].T, lab
+    if method == "tsne":
+        try:
+            from sklearn.manifold import TSNE
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError("t-SNE needs scikit-learn: pip install 'genvae[viz]'") from err
+        return TSNE(n_components=2, init="pca", random_state=seed).fit_transform(z), lab
+    raise ValueError(f"expected method 'auto', 'direct', 'pca' or 'tsne', got {method!r}")
+
+
+def save_latent_scatter(
+    model,
+    data,
+    path: str | os.PathLike[str],
+    *,
+    n: int = 5000,
+    method: str = "auto",
+    seed: int = 0,
+    title: str | None = None,
+) -> Path:
+    """Scatter the posterior means of ``n`` images coloured by label (t-SNE for D > 2), see :func:`embed_latents`."""
+    xy, labels = embed_latents(model, data, n=n, method=method, seed=seed)
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    for c in np.unique(labels):
+        pts = xy[labels == c]
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.6, color=plt.cm.tab10(int(c) % 10), label=str(c))
+    ax.legend(markerscale=4, fontsize=7, loc="best", ncol=2)
+    d = model.latent_dim
+    ax.set_xlabel("z₁" if d and d <= 2 else "embedding 1")
+    ax.set_ylabel("z₂" if d == 2 else ("jitter" if d == 1 else "embedding 2"))
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path, dpi=110)

@@ -1,5 +1,37 @@
-"""Metrics for trained models: likelihood bounds, reconstruction quality, sample quality."""
+"""Metrics for trained models: likelihood bounds, reconstruction quality, sample quality.
 
+``evaluate_elbo`` and ``iw_nll`` need only torch; SSIM and FID need the ``genvae[metrics]``
+extra (torchmetrics). genvae's FID uses the features of an MNIST classifier and is not comparable
+with Inception-FID numbers.
+"""
+
+from .classifier import (
+    MIN_ACCURACY,
+    MNISTClassifier,
+    accuracy,
+    conditional_accuracy,
+    mnist_classifier,
+    train_classifier,
+)
+from .fid import fid, sample_fid
+from .image import ReconstructionMetrics, mse, reconstruction_metrics, ssim
 from .likelihood import ELBOSummary, evaluate_elbo, evaluate_iw_nll, iw_nll
 
-__all__ = ["ELBOSummary", "evaluate_elbo", "evaluate_iw_nll", "iw_nll"]
+__all__ = [
+    "MIN_ACCURACY",
+    "ELBOSummary",
+    "MNISTClassifier",
+    "ReconstructionMetrics",
+    "accuracy",
+    "conditional_accuracy",
+    "evaluate_elbo",
+    "evaluate_iw_nll",
+    "fid",
+    "iw_nll",
+    "mnist_classifier",
+    "mse",
+    "reconstruction_metrics",
+    "sample_fid",
+    "ssim",
+    "train_classifier",
+]
