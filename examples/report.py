@@ -39,8 +39,10 @@ def main() -> None:
         if record["quick"]:
             raise SystemExit(f"{path} comes from a --quick run; run the example in full first")
         res = record["results"]
-        parts.append(f"## {title}\n\n`{command}` — {record['epochs']} epochs, {record['wall_seconds'] / 60:.1f} min "
-                     f"on {record['device']}, torch {record['torch']}.\n")
+        parts.append(
+            f"## {title}\n\n`{command}` — {record['epochs']} epochs, {record['wall_seconds'] / 60:.1f} min "
+            f"on {record['device']}, torch {record['torch']}.\n"
+        )
         notes = args.intro.with_name(f"results_{name}.md")
         if notes.is_file():
             parts.append(notes.read_text().rstrip() + "\n")
