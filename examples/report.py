@@ -46,9 +46,13 @@ def main() -> None:
         notes = args.intro.with_name(f"results_{name}.md")
         if notes.is_file():
             parts.append(notes.read_text().rstrip() + "\n")
-        rows = res["rows"] if "rows" in res else [{k: v for k, v in res.items() if not isinstance(v, (list, dict))}]
-        if name == "latent_manifold":
+        if name == "mlp_vae":
+            rows = [{"test −ELBO (1 sample)": res["test_neg_elbo"], "KL": res["test_kl"],
+                     f"IW-NLL (K={res['iw_samples']})": res["test_iw_nll"]}]  # fmt: skip
+        elif name == "latent_manifold":
             rows = [{"latent": k, **v} for k, v in res.items()]
+        else:
+            rows = res["rows"]
         columns = list(dict.fromkeys(c for r in rows for c in r))
         parts.append(table(rows, columns) + "\n")
         img = args.docs / "img" / name
