@@ -220,9 +220,27 @@ def main() -> None:
 
     loops: dict[str, dict] = {"genvae eager": {}, "genvae compile": {"compile": True}}
     if gpu:
-        loops["genvae compile + bf16"] = {"compile": True, "amp": True}
-        loops["genvae CUDA graphs + bf16"] = {"compile": "reduce-overhead", "amp": True}
+        loops["genvae compile reduce-overhead"] = {"compile": "reduce-overhead"}
+        loops["genvae step graph"] = {"cuda_graph": True}
+        loops["genvae step graph + compile"] = {"cuda_graph": True, "compile": True}
+        loops["genvae step graph + compile + bf16"] = {"cuda_graph": True, "compile": True, "amp": True}
     rows: list[Row] = []
+    record = {
+        "device": name,
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "threads": torch.get_num_threads(),
+        "matmul_flops_per_second": peak,
+        "flops_per_image": {"MLP": flops_per_image(mlp_vae, device), "conv": flops_per_image(conv_vae, device)},
+    }
+    path = args.out / f"{'cuda' if gpu else 'cpu'}{'-quick' if args.quick else ''}.json"
+
+    def save(rows: list[Row]) -> Path:
+        """Write the record with the rows so far (a run cut short keeps what it measured)."""
+        args.out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**record, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+        return path
+
     for model_name, make in (("MLP 784-400-20", mlp_vae), ("conv 32-64-128, z=20", conv_vae)):
         flops = flops_per_image(make, device)
         data = subset["mlp" if make is mlp_vae else "conv"]
@@ -257,9 +275,16 @@ def main() -> None:
                     rows.append(
                         Row(model_name, ref, batch, ips, 60000 / ips, ips * flops / 1e9, ips * flops / peak["float32"])
                     )
+            save(rows)
 
+    print(markdown(rows))
+    print(f"wrote {save(rows)}", file=sys.stderr)
+
+
+def markdown(rows: list[Row]) -> str:
+    """The rows as a Markdown table."""
     header = ["model", "loop", "batch", "images/s", "s/epoch", "GFLOP/s", "% of matmul", "× tutorial", "× pythae"]
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [
             r.model,
@@ -272,20 +297,8 @@ def main() -> None:
             f"{r.vs_tutorial:.1f}×" if r.vs_tutorial else "",
             f"{r.vs_pythae:.1f}×" if r.vs_pythae else "",
         ]
-        print("| " + " | ".join(map(str, cells)) + " |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    record = {
-        "device": name,
-        "torch": torch.__version__,
-        "quick": args.quick,
-        "threads": torch.get_num_threads(),
-        "matmul_flops_per_second": peak,
-        "flops_per_image": {"MLP": flops_per_image(mlp_vae, device), "conv": flops_per_image(conv_vae, device)},
-        "rows": [asdict(r) for r in rows],
-    }
-    path = args.out / f"{'cuda' if gpu else 'cpu'}{'-quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def build(conditional: bool, shape: tuple[int, ...], num_classes: int, learned_p
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0], epochs=50, name="cvae")
+    p.add_argument("--beta", type=float, default=1.0, help="KL weight β of the training loss (default 1)")
     args = parse(p)
     started = time.perf_counter()
     epochs = 2 if args.quick else args.epochs
@@ -56,7 +57,15 @@ def main() -> None:
         torch.manual_seed(args.seed)
         model = build(conditional, shape, classes, learned_prior)
         result = fit(
-            model, train, test=test, epochs=epochs, batch_size=1024, lr=2e-3, seed=args.seed, device=args.device
+            model,
+            train,
+            test=test,
+            epochs=epochs,
+            batch_size=1024,
+            lr=2e-3,
+            beta=args.beta,
+            seed=args.seed,
+            device=args.device,
         )
         histories[name] = result.history
         device = next(model.parameters()).device
@@ -65,6 +74,7 @@ def main() -> None:
         g = torch.Generator(device=device).manual_seed(0)
         row = {
             "model": name,
+            "β": args.beta,
             "test −ELBO": evaluate_elbo(model, test).loss,
             "SSIM": rec.ssim,
             "MSE": rec.mse,
@@ -93,6 +103,7 @@ def main() -> None:
             rows,
             [
                 "model",
+                "β",
                 "test −ELBO",
                 "SSIM",
                 "MSE",

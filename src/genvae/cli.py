@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     t.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
     t.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast")
+    t.add_argument(
+        "--cuda-graph", action="store_true", default=None, help="replay the whole training step as one CUDA graph"
+    )
     t.add_argument("--train-subset", type=_positive(int), help="train on the first N images")
     t.add_argument("--test-subset", type=_positive(int), help="evaluate on the first N test images")
     t.add_argument("--out", help="run folder (default runs/<model>-<arch>-z<latent>-<time>)")
@@ -179,6 +182,7 @@ def _train(args: argparse.Namespace) -> None:
         seed=cfg.seed,
         compile=cfg.compile,
         amp=cfg.amp,
+        cuda_graph=cfg.cuda_graph,
         out=run,
         resume=args.resume,
         progress=False if args.no_progress else None,

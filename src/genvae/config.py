@@ -61,6 +61,7 @@ class RunConfig:
     device: str = "auto"
     compile: bool = False
     amp: bool = False
+    cuda_graph: bool = False  # whole-step CUDA graph replay (GPU only)
     train_subset: int | None = None  # first N training images (quick runs)
     test_subset: int | None = None
     out: str | None = None
