@@ -4,12 +4,15 @@
 
 For the MLP VAE 784-400-20 and the conv VAE of the examples, at batch 128 and 1024, it measures
 images per second of a full training step (forward, backward, Adam) for genvae eager, genvae with
-``torch.compile`` and, on a GPU, bf16 autocast and CUDA graphs; then the tutorial loop
-(torchvision MNIST + ToTensor + DataLoader) and, when installed, pythae's VAE + BaseTrainer with
-the same networks, in the same run. Each figure is the median of several timed epochs (the first,
-with compilation and warm-up, is dropped); the device is synchronised before each clock read. The
-model's FLOPs per image (counted by torch's FlopCounterMode on one training step) and a large
-matmul's rate in the same run turn each figure into a fraction of the machine's limit.
+``torch.compile`` and, on a GPU, the whole step replayed as a CUDA graph (``fit(cuda_graph=True)``,
+with compile, bf16 autocast and max-autotune GEMMs); then the tutorial loop (torchvision MNIST +
+ToTensor + DataLoader) and, when installed, pythae's VAE + BaseTrainer with the same networks, in
+the same run. Every loop is timed once per round, round robin (``--rounds``: 3 on a CPU, whose
+speed drifts on a shared machine, 1 on a GPU), and each figure is the median over rounds of the
+epochs after a fit's first (which holds compilation and warm-up); the device is synchronised
+before each clock read. The model's FLOPs per image (counted by torch's FlopCounterMode on one
+training step) over a large matmul's rate, measured in every round, give each figure as a
+fraction of the machine's limit.
 Results: ``benchmarks/results/DEVICE.json`` and a Markdown table on stdout.
 """
 
@@ -22,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -202,23 +206,38 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="small subsets, one timed epoch: a smoke run")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--rounds", type=int, default=None, help="round-robin repeats (default: 3 on a CPU, 1 on a GPU)")
     args = p.parse_args()
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if gpu else f"cpu-{platform.machine()}-{torch.get_num_threads()}threads"
 
     full = load_mnist("train")
-    epochs = 2 if args.quick else 4  # the first is dropped: median of the rest
+    # Rounds: every loop is timed once per round, round robin, and the medians are reported, so that
+    # the slow phases of a shared machine (a VM's neighbours) fall on every loop alike. A GPU is
+    # steady: one round of four epochs there. Within a fit the first epoch (compilation, capture,
+    # warm-up) is dropped.
+    rounds = args.rounds if args.rounds is not None else (1 if gpu or args.quick else 3)
+    epochs = 4 if rounds == 1 and not args.quick else 2
     subset = {
         "mlp": full.subset(8192) if args.quick else full,
         "conv": full.subset(2048 if args.quick else (60000 if gpu else 8192)),
     }
-    peak = {"float32": matmul_rate(device, torch.float32, 8192 if gpu else 2048)}
-    if gpu:
-        peak["bfloat16"] = matmul_rate(device, torch.bfloat16, 8192)
+    matmul_n = 8192 if gpu else 2048
+    peaks: dict[str, list[float]] = defaultdict(list)
+
+    def measure_peak() -> dict[str, float]:
+        rates = {"float32": matmul_rate(device, torch.float32, matmul_n)}
+        if gpu:
+            rates["bfloat16"] = matmul_rate(device, torch.bfloat16, matmul_n)
+        for k, v in rates.items():
+            peaks[k].append(v)
+        return rates
+
+    first = measure_peak()
     print(
-        f"device: {name}; torch {torch.__version__}; matmul "
-        + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peak.items()),
+        f"device: {name}; torch {torch.__version__}; {rounds} round(s); matmul "
+        + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in first.items()),
         file=sys.stderr,
     )
 
@@ -241,7 +260,9 @@ def main() -> None:
         "torch": torch.__version__,
         "quick": args.quick,
         "threads": torch.get_num_threads(),
-        "matmul_flops_per_second": peak,
+        "rounds": rounds,
+        "epochs_per_fit": epochs,
+        "matmul_flops_per_second": first,
         "flops_per_image": {"MLP": flops_per_image(mlp_vae, device), "conv": flops_per_image(conv_vae, device)},
     }
     path = args.out / f"{'cuda' if gpu else 'cpu'}{'-quick' if args.quick else ''}.json"
@@ -249,25 +270,43 @@ def main() -> None:
     def save(rows: list[Row]) -> Path:
         """Write the record with the rows so far (a run cut short keeps what it measured)."""
         args.out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**record, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+        median_peaks = {k: statistics.median(v) for k, v in peaks.items()}
+        path.write_text(
+            json.dumps({**record, "matmul_flops_per_second": median_peaks, "rows": [asdict(r) for r in rows]}, indent=2)
+            + "\n"
+        )
         return path
 
     for model_name, make in (("MLP 784-400-20", mlp_vae), ("conv 32-64-128, z=20", conv_vae)):
         flops = flops_per_image(make, device)
         data = subset["mlp" if make is mlp_vae else "conv"]
         for batch in (128, 1024):
-            reference = {}
-            if make is mlp_vae:
-                steps = 40 if args.quick else (200 if batch == 128 else 40)
-                reference["tutorial"] = time_tutorial(TutorialVAE, device, batch, steps, repeats=1 if args.quick else 3)
-                reference["pythae"] = time_pythae(
-                    device, full.subset(4096 if args.quick else (60000 if gpu else 16384)), batch, epochs=epochs - 1
-                )
+            samples: dict[str, list[float]] = defaultdict(list)
+            block_peaks: dict[str, list[float]] = defaultdict(list)
+            for _ in range(rounds):
+                for k, v in measure_peak().items():
+                    block_peaks[k].append(v)
+                if make is mlp_vae:
+                    steps = 40 if args.quick else (200 if batch == 128 else 40)
+                    samples["tutorial"].append(
+                        time_tutorial(TutorialVAE, device, batch, steps, repeats=1 if args.quick or rounds > 1 else 3)
+                    )
+                    ips = time_pythae(
+                        device, full.subset(4096 if args.quick else (60000 if gpu else 16384)), batch, epochs=epochs - 1
+                    )
+                    if ips is not None:
+                        samples["pythae"].append(ips)
+                for loop, options in loops.items():
+                    if "max-autotune" in str(options.get("compile")) and make is not mlp_vae:
+                        continue
+                    samples[loop].append(time_genvae(make, data, device, batch, epochs, **options))
+            ips_of = {k: statistics.median(v) for k, v in samples.items()}
+            peak = {k: statistics.median(v) for k, v in block_peaks.items()}
+            references = {k: ips_of.get(k) for k in ("tutorial", "pythae")}
             for loop, options in loops.items():
-                if "max-autotune" in str(options.get("compile")) and make is not mlp_vae:
+                if loop not in ips_of:
                     continue
-                ips = time_genvae(make, data, device, batch, epochs, **options)
-                bf16 = options.get("amp", False)
+                ips = ips_of[loop]
                 rate = ips * flops
                 rows.append(
                     Row(
@@ -277,13 +316,13 @@ def main() -> None:
                         ips,
                         60000 / ips,
                         rate / 1e9,
-                        rate / peak["bfloat16" if bf16 else "float32"],
-                        ips / reference["tutorial"] if reference.get("tutorial") else None,
-                        ips / reference["pythae"] if reference.get("pythae") else None,
+                        rate / peak["bfloat16" if options.get("amp", False) else "float32"],
+                        ips / references["tutorial"] if references["tutorial"] else None,
+                        ips / references["pythae"] if references["pythae"] else None,
                     )
                 )
                 print(f"{model_name} b{batch} {loop}: {ips:,.0f} img/s", file=sys.stderr)
-            for ref, ips in reference.items():
+            for ref, ips in references.items():
                 if ips:
                     rows.append(
                         Row(model_name, ref, batch, ips, 60000 / ips, ips * flops / 1e9, ips * flops / peak["float32"])

@@ -58,7 +58,7 @@ def main() -> None:
         device = next(model.parameters()).device
         recon_rows.append(model.reconstruct(x.to(device)).cpu())
         g = torch.Generator(device=device).manual_seed(0)
-        slug = name.split(" ")[0].lower() + ("_learned" if "learned" in name else "")
+        slug = name.split(" ")[0].rstrip(",").lower() + ("_learned" if "learned" in name else "")
         save_grid(model.sample(64, generator=g), args.out / f"samples_{slug}.png", nrow=8)
         print(table(rows[-1:], list(rows[-1])))
 

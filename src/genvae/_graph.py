@@ -1,7 +1,7 @@
 """A whole training step — loss, backward, optimizer step — captured once as a CUDA graph.
 
-Small models on a GPU spend most of a step launching kernels: the MLP VAE's step is about a
-hundred kernels of a few microseconds each. Replaying a captured graph launches them all with one
+Small models on a GPU spend most of a step launching kernels: the MLP VAE's step is dozens of
+kernels of a few microseconds each. Replaying a captured graph launches them all with one
 call. This follows PyTorch's "whole network capture" recipe
 (https://pytorch.org/docs/stable/notes/cuda.html#whole-network-capture): warm up on a side
 stream, capture one step on static input buffers, then copy every batch into those buffers and

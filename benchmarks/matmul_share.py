@@ -1,0 +1,91 @@
+"""How much of the MLP VAE's CPU training step is matrix products: the full step against its eleven
+matrix products alone (same shapes, same thread count), and a large matmul for the machine's rate.
+
+    python benchmarks/matmul_share.py [--batch 128] [--rounds 7]
+
+Rounds are interleaved (step, products, large matmul) and the medians are printed, so that a drift
+in the machine's speed falls on all three alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from genvae import VAE
+from genvae.likelihoods import Bernoulli
+from genvae.nets import MLPDecoder, MLPEncoder
+from genvae.priors import StandardNormal
+
+SHAPE, LATENT, HIDDEN, PIXELS = (1, 28, 28), 20, 400, 784
+FLOPS_PER_IMAGE = 3.28e6  # one training step, counted by FlopCounterMode (benchmarks/throughput.py)
+
+
+def seconds_per_call(f: Callable[[int], object], n: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(n):
+        f(i)
+    return (time.perf_counter() - t0) / n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=7)
+    args = p.parse_args()
+    b = args.batch
+    torch.manual_seed(0)
+    model = VAE(MLPEncoder(SHAPE, LATENT), MLPDecoder(LATENT, SHAPE), Bernoulli(), StandardNormal(LATENT))
+    model.validate_args = False
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    data = torch.rand(60000, *SHAPE)
+    batches = torch.randperm(60000)[: (60000 // b) * b].view(-1, b)  # (steps, B)
+
+    def step(i: int) -> None:
+        x = data.index_select(0, batches[i % len(batches)])  # (B, 1, 28, 28)
+        loss = model(x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    # The products of one step: 4 forward (with bias), 4 weight gradients, 3 input gradients.
+    r = torch.rand
+    x, h, z = r(b, PIXELS), r(b, HIDDEN), r(b, LATENT)
+    w1, w2, w3, w4 = r(HIDDEN, PIXELS), r(2 * LATENT, HIDDEN), r(HIDDEN, LATENT), r(PIXELS, HIDDEN)
+    b1, b2, b3, b4 = r(HIDDEN), r(2 * LATENT), r(HIDDEN), r(PIXELS)
+    g1, g2, g3, g4 = r(b, HIDDEN), r(b, 2 * LATENT), r(b, HIDDEN), r(b, PIXELS)
+
+    def products(i: int) -> None:
+        torch.addmm(b1, x, w1.t()), torch.addmm(b2, h, w2.t()), torch.addmm(b3, z, w3.t())
+        torch.addmm(b4, h, w4.t())
+        g1.t() @ x, g2.t() @ h, g3.t() @ z, g4.t() @ h
+        g2 @ w2, g3 @ w3, g4 @ w4
+
+    a, c = torch.randn(2048, 2048), torch.randn(2048, 2048)
+
+    def matmul(i: int) -> None:
+        a @ c
+
+    for f in (step, products, matmul):
+        seconds_per_call(f, 20)  # warm-up
+    times: dict[str, list[float]] = {"step": [], "products": [], "matmul": []}
+    for _ in range(args.rounds):
+        times["step"].append(seconds_per_call(step, 100))
+        times["products"].append(seconds_per_call(products, 100))
+        times["matmul"].append(seconds_per_call(matmul, 5))
+    t = {k: statistics.median(v) for k, v in times.items()}
+    peak = 2 * 2048**3 / t["matmul"]
+    flops = FLOPS_PER_IMAGE * b
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {b}")
+    print(f"large matmul      {peak / 1e9:8.1f} GFLOP/s")
+    print(f"full step         {t['step'] * 1e3:8.2f} ms  {flops / t['step'] / peak:6.1%} of the matmul rate")
+    print(f"its products only {t['products'] * 1e3:8.2f} ms  {flops / t['products'] / peak:6.1%} of the matmul rate")
+    print(f"products' share of the step: {t['products'] / t['step']:.0%}")
+
+
+if __name__ == "__main__":
+    main()
