@@ -105,10 +105,11 @@ def _rng_state(device: torch.device, loader: BatchLoader) -> dict[str, object]:
 
 
 def _set_rng_state(state: dict, device: torch.device, loader: BatchLoader) -> None:
-    torch.set_rng_state(state["torch"])
+    # The checkpoint is loaded onto the training device; generator states are CPU byte tensors.
+    torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-    loader.generator.set_state(state["loader"])
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+    loader.generator.set_state(state["loader"].cpu())
 
 
 def fit(
