@@ -19,6 +19,8 @@ from torch import Tensor  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from ._files import atomic_path  # noqa: E402
+from .data import ImageDataset  # noqa: E402
+from .models import _LatentVariableModel  # noqa: E402
 
 __all__ = [
     "embed_latents",
@@ -125,7 +127,7 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def save_traversal(
-    model,
+    model: _LatentVariableModel,
     path: str | os.PathLike[str],
     *,
     dims: Sequence[int] | None = None,
@@ -195,7 +197,9 @@ def save_manifold(
 
 
 @torch.no_grad()
-def embed_latents(model, data, *, n: int = 5000, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def embed_latents(
+    model: _LatentVariableModel, data: ImageDataset, *, n: int = 5000, method: str = "auto", seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """2-D coordinates of the posterior means of the first ``n`` images of ``data`` and their labels.
 
     ``method``: ``"direct"`` (D ≤ 2; D = 1 is paired with a small label-free jitter), ``"pca"``,
@@ -239,8 +243,8 @@ def embed_latents(model, data, *, n: int = 5000, method: str = "auto", seed: int
 
 
 def save_latent_scatter(
-    model,
-    data,
+    model: _LatentVariableModel,
+    data: ImageDataset,
     path: str | os.PathLike[str],
     *,
     n: int = 5000,
