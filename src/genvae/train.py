@@ -152,7 +152,8 @@ def fit(
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: seeds the parameters' noise draws and the batch order.
         compile: wrap the loss in ``torch.compile``; a string picks its mode, e.g. ``"reduce-overhead"``
-            (CUDA graphs on a GPU).
+            (CUDA graphs on a GPU). Each such fit starts with ``torch.compiler.reset()``, so that
+            the compiled steps of earlier fits do not exhaust dynamo's recompile limit.
         amp: bfloat16 autocast for the forward pass.
         cuda_graph: on a CUDA device, capture the whole step (loss, backward, optimizer step) as
             one CUDA graph after three warm-up steps and replay it for every full batch; the
