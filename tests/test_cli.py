@@ -153,6 +153,10 @@ def test_corrupt_run_folder_and_missing_cuda(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert run(["train", "--device", "cuda", "--epochs", "1", "--out", str(tmp_path / "c")]) == 2
         assert "cuda" in capsys.readouterr().err.lower()
+    out = tmp_path / "g"
+    assert main(["train", "--cuda-graph", "--device", "cpu", "--epochs", "1", "--out", str(out)]) == 2
+    assert "--cuda-graph needs a CUDA device, got --device cpu" in capsys.readouterr().err
+    assert not out.exists()  # refused before any data is loaded or file written
 
 
 @pytest.mark.mnist

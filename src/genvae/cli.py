@@ -151,7 +151,9 @@ def _train(args: argparse.Namespace) -> None:
     cfg = RunConfig(**settings)
     if cfg.out is None:
         cfg.out = f"runs/{cfg.model}-{cfg.arch}-z{cfg.latent_dim}-{time.strftime('%Y%m%d-%H%M%S')}"
-    resolve_device(cfg.device)  # fail before any data is loaded
+    device = resolve_device(cfg.device)  # fail before any data is loaded
+    if cfg.cuda_graph and device.type != "cuda":
+        raise _UserError(f"--cuda-graph needs a CUDA device, got --device {cfg.device} ({device.type})")
     run = Path(cfg.out)
     if (run / "checkpoint.pt").exists() and not args.resume:
         raise _UserError(
