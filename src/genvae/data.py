@@ -449,7 +449,7 @@ def synthetic_digits(n: int, *, seed: int = 0, size: int = 28, num_classes: int 
         raise ValueError(f"expected num_classes in 2..{len(_SHAPES)}, got {num_classes}")
     g = torch.Generator().manual_seed(seed)
     labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
-    u = torch.rand(n, 6, generator=g)
+    u = torch.rand(n, 6, generator=g, dtype=torch.float32)  # whatever the default dtype
     px = 2.0 / size  # one pixel in image units
     shift = (u[:, 0:2] - 0.5) * 4 * px  # (n, 2)
     scale = 0.85 + 0.2 * u[:, 2]  # (n,)
@@ -461,7 +461,7 @@ def synthetic_digits(n: int, *, seed: int = 0, size: int = 28, num_classes: int 
     grid = (torch.arange(size, dtype=torch.float32) + 0.5) * px - 1
     yy, xx = torch.meshgrid(grid, grid, indexing="ij")
     p = torch.stack([xx.flatten(), yy.flatten()], 1)  # (HW, 2) as (x, y)
-    out = torch.zeros(n, size * size)
+    out = torch.zeros(n, size * size, dtype=torch.float32)
     for c in range(num_classes):
         idx = (labels == c).nonzero().squeeze(1)
         if idx.numel() == 0:
@@ -469,7 +469,7 @@ def synthetic_digits(n: int, *, seed: int = 0, size: int = 28, num_classes: int 
         seg = torch.tensor(_SHAPES[c], dtype=torch.float32)  # (K, 4)
         a = torch.einsum("mij,kj->mki", rot[idx], seg[:, :2]) + shift[idx, None]  # (m, K, 2)
         b = torch.einsum("mij,kj->mki", rot[idx], seg[:, 2:]) + shift[idx, None]
-        dist = torch.full((len(idx), size * size), float("inf"))
+        dist = torch.full((len(idx), size * size), float("inf"), dtype=torch.float32)
         for k in range(len(seg)):
             ab = (b[:, k] - a[:, k])[:, None]  # (m, 1, 2)
             ap = p[None] - a[:, k, None]  # (m, HW, 2)

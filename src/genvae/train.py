@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ._checks import positive_float, positive_int
 from ._files import atomic_path, write_json
 from ._graph import GraphedStep
+from ._step import CompiledAdamStep
 from .data import BatchLoader, ImageDataset
 from .io import save
 from .metrics.likelihood import evaluate_elbo
@@ -151,10 +152,16 @@ def fit(
         grad_clip: clip the global gradient norm to this value.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: seeds the parameters' noise draws and the batch order.
-        compile: wrap the loss in ``torch.compile``; a string picks its mode, e.g. ``"reduce-overhead"``
-            (CUDA graphs on a GPU). Each such fit starts with ``torch.compiler.reset()``, so that
-            the compiled steps of earlier fits do not exhaust dynamo's recompile limit.
-        amp: bfloat16 autocast for the forward pass.
+        compile: ``torch.compile`` the step; a string picks its mode, e.g. ``"max-autotune"``. On a
+            CPU with the default Adam, in one process, the whole step is compiled as one program:
+            gradients by :func:`torch.func.grad_and_value` and the update by torch.optim's
+            functional Adam, on the optimizer's own state (so checkpoints are unchanged); the
+            last, smaller batch of an epoch then runs the same step eagerly. Elsewhere the loss
+            is compiled and autograd and the optimizer run as usual. Each such fit starts with
+            ``torch.compiler.reset()``, so that the compiled steps of earlier fits do not exhaust
+            dynamo's recompile limit.
+        amp: bfloat16 autocast for the forward pass (on a CPU it pays with ``compile``, which
+            fuses the casts into the neighbouring kernels).
         cuda_graph: on a CUDA device, capture the whole step (loss, backward, optimizer step) as
             one CUDA graph after three warm-up steps and replay it for every full batch; the
             last, smaller batch of an epoch runs eagerly. This removes the kernel-launch cost
@@ -265,13 +272,14 @@ def fit(
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
             return net(x, y, beta=beta_t).loss
 
+    mode = compile if isinstance(compile, str) else None
+    # On a CPU, with the default Adam, the whole step is compiled (see _step.py); elsewhere the loss.
+    whole_step = bool(compile) and optimizer is None and dev.type == "cpu" and world == 1
     if compile:
         # Each fit compiles its own step: clear the entries of earlier fits, which would otherwise
         # count towards dynamo's recompile limit and, past it, silently fall back to eager.
         torch.compiler.reset()
-        step_loss = torch.compile(objective, mode=compile if isinstance(compile, str) else None)
-    else:
-        step_loss = objective
+    step_loss = torch.compile(objective, mode=mode) if compile and not whole_step else objective
     show = progress if progress is not None else sys.stderr.isatty()
     steps_per_epoch = len(loader)
     beta_t = torch.tensor(float(beta), device=dev)
@@ -287,7 +295,20 @@ def fit(
         opt.step()
         running.add_(loss.detach())
 
-    step_fn = GraphedStep(train_step) if cuda_graph else train_step
+    step_fn: Callable[[torch.Tensor, torch.Tensor | None], None] = train_step
+    if cuda_graph:
+        step_fn = GraphedStep(train_step)
+    elif whole_step:
+        step_fn = CompiledAdamStep(
+            train_step,
+            model,
+            opt,
+            beta_t,
+            running,
+            amp=amp,
+            grad_clip=grad_clip,
+            mode=mode,  # type: ignore[arg-type]
+        )
 
     # The data are checked once here, so the per-step value checks (host reads) can be skipped.
     x0, y0 = train.float_images()[:1024].to(dev), train.labels[:1024].to(dev)

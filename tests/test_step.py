@@ -1,0 +1,132 @@
+"""The whole training step compiled as one program (fit's CPU path with compile=True)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch._inductor.config as inductor_config
+
+from genvae import CVAE, VAE
+from genvae._step import CompiledAdamStep
+from genvae.data import synthetic_digits
+from genvae.likelihoods import Bernoulli
+from genvae.nets import MLPDecoder, MLPEncoder
+from genvae.priors import ConditionalNormal, StandardNormal
+from genvae.train import fit
+
+SHAPE = (1, 28, 28)
+
+
+def small_vae(seed: int = 0) -> VAE:
+    torch.manual_seed(seed)
+    return VAE(MLPEncoder(SHAPE, 4, hidden=(32,)), MLPDecoder(4, SHAPE, hidden=(32,)), Bernoulli(), StandardNormal(4))
+
+
+def eager_step(model, opt, beta, running, grad_clip):
+    """The reference: autograd and torch.optim.Adam's own step."""
+
+    def step(x, y):
+        loss = model(x, y, beta=beta).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        running.add_(loss.detach())
+
+    return step
+
+
+@pytest.fixture
+def aten_random():
+    """Compiled code draws its noise with torch's own generator, so it can match eager bit for bit."""
+    torch.compiler.reset()
+    with inductor_config.patch(fallback_random=True):
+        yield
+    torch.compiler.reset()
+
+
+@pytest.fixture
+def float64():
+    """Float64 throughout, Adam's step counter included (its bias corrections are computed from it)."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_compiled_step_matches_torch_adam(aten_random, float64, conditional):
+    """In float64 the only differences are rounding: weights, Adam's state and the summed loss
+    agree with autograd + torch.optim.Adam over steps with weight decay, clipping that bites, a
+    learning rate changed between steps and a last batch of another shape."""
+    torch.manual_seed(0)
+    if conditional:
+        ref = CVAE(
+            MLPEncoder(SHAPE, 4, hidden=(32,), num_classes=10),
+            MLPDecoder(4, SHAPE, hidden=(32,), num_classes=10),
+            Bernoulli(),
+            ConditionalNormal(10, 4),
+        ).double()
+    else:
+        ref = small_vae().double()
+    ref.validate_args = False
+    new = copy.deepcopy(ref)
+    kw = dict(lr=3e-3, weight_decay=0.01)
+    opt_ref, opt_new = torch.optim.Adam(ref.parameters(), **kw), torch.optim.Adam(new.parameters(), **kw)
+    beta = torch.tensor(0.5, dtype=torch.float64)
+    run_ref, run_new = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    clip = 5.0
+    step_ref = eager_step(ref, opt_ref, beta, run_ref, clip)
+    step_new = CompiledAdamStep(
+        eager_step(new, opt_new, beta, run_new, clip), new, opt_new, beta, run_new, grad_clip=clip
+    )
+    data = synthetic_digits(96, seed=3)
+    x, y = data.float_images().double(), data.labels
+    for i, (a, b) in enumerate([(0, 32), (32, 64), (64, 96), (0, 32), (32, 48)]):
+        if i == 2:
+            for opt in (opt_ref, opt_new):
+                opt.param_groups[0]["lr"] = 1e-3
+        xb, yb = x[a:b], (y[a:b] if conditional else None)
+        torch.manual_seed(100 + i)
+        step_ref(xb, yb)
+        torch.manual_seed(100 + i)
+        step_new(xb, yb)
+    grads = [p.grad for p in ref.parameters() if p.grad is not None]
+    # clip_grad_norm_ rescaled the last step's gradients to norm `clip`: the clipping bit
+    assert float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) == pytest.approx(clip, rel=1e-6)
+    torch.testing.assert_close(run_new, run_ref, rtol=1e-10, atol=0)
+    for (name, p), q in zip(ref.named_parameters(), new.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-12, msg=name)
+    for p, q in zip(ref.parameters(), new.parameters()):
+        s_ref, s_new = opt_ref.state[p], opt_new.state[q]
+        assert float(s_new["step"]) == float(s_ref["step"]) == 5
+        torch.testing.assert_close(s_new["exp_avg_sq"], s_ref["exp_avg_sq"], rtol=1e-9, atol=1e-15)
+
+
+def test_compiled_step_refuses_other_optimizers():
+    model = small_vae()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="expected a torch.optim.Adam .* got SGD"):
+        CompiledAdamStep(lambda x, y: None, model, sgd, torch.tensor(1.0), torch.zeros(()))
+
+
+def test_fit_compile_resumes_bit_identically_and_checkpoints_adam_state(tmp_path):
+    """The compiled step keeps its state in torch.optim.Adam's: a run cut in two and resumed ends
+    bit for bit where the uninterrupted one does, and an eager Adam can load the checkpoint."""
+    train, test = synthetic_digits(200, seed=0), synthetic_digits(64, seed=1)
+    opts = dict(test=test, batch_size=32, device="cpu", compile=True, progress=False)
+    straight = small_vae()
+    fit(straight, train, epochs=2, out=tmp_path / "a", **opts)
+    cut = small_vae()
+    fit(cut, train, epochs=1, out=tmp_path / "b", **opts)
+    resumed = small_vae(seed=7)
+    history = fit(resumed, train, epochs=2, out=tmp_path / "b", resume=True, **opts).history
+    assert history[-1].test_loss < history[0].test_loss
+    for (name, p), q in zip(straight.named_parameters(), resumed.parameters()):
+        assert torch.equal(p, q), name
+    state = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["optimizer"]
+    steps = -(-200 // 32) * 2
+    assert all(float(s["step"]) == steps for s in state["state"].values())
+    torch.optim.Adam(small_vae().parameters()).load_state_dict(state)
