@@ -4,20 +4,27 @@ On a CPU a small model's step is short enough that what lies between the matrix 
 the autograd engine's bookkeeping, each elementwise op's own pass over memory, and the optimizer's
 Python loop over parameters. Compiling the loss alone leaves the backward pass's glue and the
 optimizer outside the compiled code. Here the gradients come from :func:`torch.func.grad_and_value`
-and the update from torch.optim's own functional Adam, all inside one ``torch.compile``, so
-inductor fuses the elementwise work of the forward pass, the backward pass and the update into a
-few C++ loops around the matrix products.
+and the Adam update follows, all inside one ``torch.compile``, so inductor fuses the elementwise
+work of the forward pass, the backward pass and the update into a few C++ loops around the matrix
+products.
 
-The step reads and writes the parameters and the state of a :class:`torch.optim.Adam` in place,
-so the optimizer's ``state_dict`` (checkpoints, resume) stays as if it had stepped itself.
+The update is torch.optim.Adam's (single-tensor form: ``m.lerp_(g, 1 - β1)``,
+``v.mul_(β2).addcmul_(g, g, value=1 - β2)``, ``p -= lr/(1 - β1^t) · m / (√v / √(1 - β2^t) + ε)``)
+with one change of where things are computed: the two bias corrections are scalars of the step
+count, computed on the host and passed in as 0-d tensors. Traced from the step-count tensor, as
+torch.optim's functional Adam does under compile, they become two ``pow`` calls inside every
+vectorised iteration of the update loop, which doubles its cost on a CPU. The step reads and
+writes the parameters and the state of the :class:`torch.optim.Adam` in place, so the optimizer's
+``state_dict`` (checkpoints, resume) stays as if it had stepped itself.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.func import functional_call, grad_and_value
-from torch.optim.adam import adam
 
 from ._graph import Step
 from .models import _LatentVariableModel
@@ -28,8 +35,8 @@ class CompiledAdamStep:
 
     Batches of another shape (the last, smaller batch of an epoch) go to ``step``, the eager step
     on the same optimizer, so the whole step is compiled once. The learning rate is read from the
-    optimizer at every call (a scheduler may change it) and passed to the compiled code as a
-    tensor, which does not recompile.
+    optimizer at every call (a scheduler may change it) and reaches the compiled code in a tensor,
+    which does not recompile.
 
     Args:
         step: the eager step ``step(x, y)`` (autograd, ``opt.step()``), for other batch shapes.
@@ -75,7 +82,10 @@ class CompiledAdamStep:
         self.exp_avgs = [opt.state[p]["exp_avg"] for p in group["params"]]
         self.exp_avg_sqs = [opt.state[p]["exp_avg_sq"] for p in group["params"]]
         self.steps = [opt.state[p]["step"] for p in group["params"]]
-        self.lr = torch.tensor(float(group["lr"]), device=self.params[0].device)
+        self.t = int(self.steps[0])  # the step count on the host (a resumed run starts past 0)
+        device = self.params[0].device
+        self.step_size = torch.zeros((), dtype=_scalar_dtype(), device=device)  # lr / (1 − β1^t)
+        self.correction2 = torch.ones((), dtype=_scalar_dtype(), device=device)  # √(1 − β2^t)
         self.compiled = torch.compile(self._step, mode=mode, fullgraph=True, dynamic=False)
         self.shape: torch.Size | None = None  # the compiled batch shape
 
@@ -83,7 +93,7 @@ class CompiledAdamStep:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
             return functional_call(self.model, dict(zip(self.names, params)), (x, y), {"beta": self.beta}).loss
 
-    def _step(self, params: list[Tensor], x: Tensor, y: Tensor | None, lr: Tensor) -> None:
+    def _step(self, params: list[Tensor], x: Tensor, y: Tensor | None, step_size: Tensor, correction2: Tensor) -> None:
         grads, loss = grad_and_value(self._loss)(params, x, y)
         if self.grad_clip is not None:  # as clip_grad_norm_
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
@@ -91,28 +101,15 @@ class CompiledAdamStep:
             grads = tuple(g * scale for g in grads)
         group = self.opt.param_groups[0]
         beta1, beta2 = group["betas"]
-        adam(
-            params,
-            list(grads),
-            self.exp_avgs,
-            self.exp_avg_sqs,
-            [],
-            self.steps,
-            foreach=False,
-            capturable=False,
-            differentiable=False,
-            fused=None,
-            grad_scale=None,
-            found_inf=None,
-            has_complex=False,
-            amsgrad=False,
-            beta1=beta1,
-            beta2=beta2,
-            lr=lr,
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=group["maximize"],
-        )
+        for p, g, m, v, t in zip(params, grads, self.exp_avgs, self.exp_avg_sqs, self.steps):
+            if group["maximize"]:
+                g = -g
+            if group["weight_decay"] != 0:
+                g = g.add(p, alpha=group["weight_decay"])
+            t.add_(1)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            p.sub_(step_size * m / (v.sqrt() / correction2 + group["eps"]))
         self.running.add_(loss.detach())
 
     def __call__(self, x: Tensor, y: Tensor | None) -> None:
@@ -123,11 +120,15 @@ class CompiledAdamStep:
             # table) with one forward pass that leaves the random stream where it was.
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 self._loss(self.params, x, y)
+        self.t += 1
         if x.shape != self.shape:
             self.step(x, y)
             return
-        self.lr.fill_(self.opt.param_groups[0]["lr"])
-        self.compiled(self.params, x, y, self.lr)
+        group = self.opt.param_groups[0]
+        beta1, beta2 = group["betas"]
+        self.step_size.fill_(group["lr"] / (1 - beta1**self.t))
+        self.correction2.fill_(math.sqrt(1 - beta2**self.t))
+        self.compiled(self.params, x, y, self.step_size, self.correction2)
 
 
 def _scalar_dtype() -> torch.dtype:
