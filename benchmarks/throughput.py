@@ -1,18 +1,20 @@
 """Training throughput of genvae against the standard tutorial loop and pythae, on one device.
 
-    python benchmarks/throughput.py [--device cpu|cuda] [--quick]
+    python benchmarks/throughput.py [--device cpu|cuda] [--quick] [--models mlp conv] [--batches 128 1024]
 
 For the MLP VAE 784-400-20 and the conv VAE of the examples, at batch 128 and 1024, it measures
 images per second of a full training step (forward, backward, Adam) for genvae eager, genvae with
-``torch.compile`` and, on a GPU, the whole step replayed as a CUDA graph (``fit(cuda_graph=True)``,
-with compile, bf16 autocast and max-autotune GEMMs); then the tutorial loop (torchvision MNIST +
+``torch.compile`` (on a CPU the whole step compiled as one program, also with bf16 autocast) and,
+on a GPU, the whole step replayed as a CUDA graph (``fit(cuda_graph=True)``, with compile, bf16
+autocast and max-autotune GEMMs); then the tutorial loop (torchvision MNIST +
 ToTensor + DataLoader) and, when installed, pythae's VAE + BaseTrainer with the same networks, in
 the same run. Every loop is timed once per round, round robin (``--rounds``: 3 on a CPU, whose
 speed drifts on a shared machine, 1 on a GPU), and each figure is the median over rounds of the
 epochs after a fit's first (which holds compilation and warm-up); the device is synchronised
 before each clock read. The model's FLOPs per image (counted by torch's FlopCounterMode on one
-training step) over a large matmul's rate, measured in every round, give each figure as a
-fraction of the machine's limit.
+training step) over a large matmul's rate, measured in every round in float32 and bfloat16, give
+each figure as a fraction of the machine's limit: bf16 loops against the bfloat16 rate, the others
+against the float32 rate.
 Results: ``benchmarks/results/DEVICE.json`` and a Markdown table on stdout.
 """
 
