@@ -82,7 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-clip", type=_positive(float))
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
-    t.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the training step (on a CPU the whole step, Adam update included)",
+    )
     t.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast")
     t.add_argument(
         "--cuda-graph", action="store_true", default=None, help="replay the whole training step as one CUDA graph"
