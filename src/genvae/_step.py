@@ -73,6 +73,10 @@ class CompiledAdamStep:
         self.names = [index[id(p)] for p in group["params"]]
         # Detached aliases: the compiled code updates the parameters' storage in place.
         self.params = [p.detach() for p in group["params"]]
+        # Buffers are inputs too, so that layers which update them in training (batch norm's running
+        # statistics) may do so inside the gradient transform.
+        self.buffer_names = [n for n, _ in model.named_buffers()]
+        self.buffers = [b for _, b in model.named_buffers()]
         for p in group["params"]:
             state = opt.state[p]
             if not state:  # as Adam initialises its state on its first step
@@ -89,12 +93,21 @@ class CompiledAdamStep:
         self.compiled = torch.compile(self._step, mode=mode, fullgraph=True, dynamic=False)
         self.shape: torch.Size | None = None  # the compiled batch shape
 
-    def _loss(self, params: list[Tensor], x: Tensor, y: Tensor | None) -> Tensor:
+    def _loss(self, params: list[Tensor], buffers: list[Tensor], x: Tensor, y: Tensor | None) -> Tensor:
+        tensors = dict(zip(self.names, params)) | dict(zip(self.buffer_names, buffers))
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
-            return functional_call(self.model, dict(zip(self.names, params)), (x, y), {"beta": self.beta}).loss
+            return functional_call(self.model, tensors, (x, y), {"beta": self.beta}).loss
 
-    def _step(self, params: list[Tensor], x: Tensor, y: Tensor | None, step_size: Tensor, correction2: Tensor) -> None:
-        grads, loss = grad_and_value(self._loss)(params, x, y)
+    def _step(
+        self,
+        params: list[Tensor],
+        buffers: list[Tensor],
+        x: Tensor,
+        y: Tensor | None,
+        step_size: Tensor,
+        correction2: Tensor,
+    ) -> None:
+        grads, loss = grad_and_value(self._loss)(params, buffers, x, y)
         if self.grad_clip is not None:  # as clip_grad_norm_
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
             scale = torch.clamp(self.grad_clip / (norm + 1e-6), max=1.0)
@@ -119,7 +132,10 @@ class CompiledAdamStep:
             # Fill the lazy caches the traced code reads (such as torch.distributions' KL dispatch
             # table) with one forward pass that leaves the random stream where it was.
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                self._loss(self.params, x, y)
+                state = [b.clone() for b in self.buffers]
+                self._loss(self.params, self.buffers, x, y)
+                for b, saved in zip(self.buffers, state):  # as if the forward had not run
+                    b.copy_(saved)
         self.t += 1
         if x.shape != self.shape:
             self.step(x, y)
@@ -128,7 +144,7 @@ class CompiledAdamStep:
         beta1, beta2 = group["betas"]
         self.step_size.fill_(group["lr"] / (1 - beta1**self.t))
         self.correction2.fill_(math.sqrt(1 - beta2**self.t))
-        self.compiled(self.params, x, y, self.step_size, self.correction2)
+        self.compiled(self.params, self.buffers, x, y, self.step_size, self.correction2)
 
 
 def _scalar_dtype() -> torch.dtype:
