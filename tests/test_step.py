@@ -13,8 +13,8 @@ from genvae import CVAE, VAE
 from genvae._step import CompiledAdamStep
 from genvae.data import synthetic_digits
 from genvae.likelihoods import Bernoulli
-from genvae.nets import MLPDecoder, MLPEncoder
-from genvae.priors import ConditionalNormal, StandardNormal
+from genvae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from genvae.priors import ConditionalNormal, StandardNormal, VampPrior
 from genvae.train import fit
 
 SHAPE = (1, 28, 28)
@@ -57,21 +57,24 @@ def float64():
     torch.set_default_dtype(torch.float32)
 
 
-@pytest.mark.parametrize("conditional", [False, True])
-def test_compiled_step_matches_torch_adam(aten_random, float64, conditional):
+@pytest.mark.parametrize("kind", ["mlp", "cvae", "conv"])
+def test_compiled_step_matches_torch_adam(aten_random, float64, kind):
     """In float64 the only differences are rounding: weights, Adam's state and the summed loss
     agree with autograd + torch.optim.Adam over steps with weight decay, clipping that bites, a
     learning rate changed between steps and a last batch of another shape."""
     torch.manual_seed(0)
-    if conditional:
+    conditional = kind == "cvae"
+    if kind == "cvae":
         ref = CVAE(
             MLPEncoder(SHAPE, 4, hidden=(32,), num_classes=10),
             MLPDecoder(4, SHAPE, hidden=(32,), num_classes=10),
             Bernoulli(),
             ConditionalNormal(10, 4),
-        ).double()
+        )
+    elif kind == "conv":
+        ref = VAE(ConvEncoder(SHAPE, 4), ConvDecoder(4, SHAPE), Bernoulli(), StandardNormal(4))
     else:
-        ref = small_vae().double()
+        ref = small_vae()
     ref.validate_args = False
     new = copy.deepcopy(ref)
     kw = dict(lr=3e-3, weight_decay=0.01)
@@ -148,6 +151,20 @@ def test_compiled_step_updates_buffers_like_eager(aten_random, float64):
         torch.testing.assert_close(b_new, b_ref, rtol=1e-7, atol=1e-9, msg=name)
     for (name, p), q in zip(ref.named_parameters(), new.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_shared_parameters_compile_the_loss_alone():
+    """A VampPrior reuses the encoder, which the gradient transform cannot compile: the compiled step
+    refuses it with a clear error, and fit(compile=True) trains it with the loss compiled."""
+    torch.manual_seed(0)
+    encoder = MLPEncoder(SHAPE, 4, hidden=(32,))
+    model = VAE(encoder, MLPDecoder(4, SHAPE, hidden=(32,)), Bernoulli(), VampPrior(encoder, 8, SHAPE))
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match="share no parameters"):
+        CompiledAdamStep(lambda x, y: None, model, opt, torch.tensor(1.0), torch.zeros(()))
+    train = synthetic_digits(128, seed=0)
+    history = fit(model, train, test=train, epochs=2, batch_size=32, device="cpu", compile=True, progress=False).history
+    assert history[1].test_loss < history[0].test_loss
 
 
 def test_compiled_step_refuses_other_optimizers():

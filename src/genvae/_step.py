@@ -66,6 +66,11 @@ class CompiledAdamStep:
                 f"expected a torch.optim.Adam with one parameter group and amsgrad=False, got "
                 f"{type(opt).__name__} with {len(opt.param_groups)} group(s)"
             )
+        if shares_parameters(model):
+            raise ValueError(
+                "expected a model whose parts share no parameters (a VampPrior reuses its encoder's), "
+                "which the compiled gradient transform does not support; compile the loss alone"
+            )
         self.step, self.model, self.opt = step, model, opt
         self.beta, self.running, self.amp, self.grad_clip = beta, running, amp, grad_clip
         group = opt.param_groups[0]
@@ -150,3 +155,8 @@ class CompiledAdamStep:
 def _scalar_dtype() -> torch.dtype:
     """The dtype torch.optim.Adam gives its step counter: float64 under a float64 default dtype."""
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def shares_parameters(model: torch.nn.Module) -> bool:
+    """Whether a parameter appears under two names (tied weights, a module used in two places)."""
+    return len(list(model.named_parameters(remove_duplicate=False))) != len(list(model.parameters()))
