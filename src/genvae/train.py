@@ -154,9 +154,9 @@ def fit(
         seed: seeds the parameters' noise draws and the batch order.
         compile: ``torch.compile`` the step; a string picks its mode, e.g. ``"max-autotune"``. On a
             CPU with the default Adam, in one process, the whole step is compiled as one program:
-            gradients by :func:`torch.func.grad_and_value` and the update by torch.optim's
-            functional Adam, on the optimizer's own state (so checkpoints are unchanged); the
-            last, smaller batch of an epoch then runs the same step eagerly. Elsewhere, and for
+            gradients by :func:`torch.func.grad_and_value` and torch.optim.Adam's update, on the
+            optimizer's own state (so checkpoints are unchanged); the last, smaller batch of an
+            epoch then takes the eager step. Elsewhere, and for
             models whose parts share parameters (a VampPrior reuses the encoder), the loss is
             compiled and autograd and the optimizer run as usual. Each such fit starts with
             ``torch.compiler.reset()``, so that the compiled steps of earlier fits do not exhaust
