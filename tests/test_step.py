@@ -10,7 +10,7 @@ import torch._inductor.config as inductor_config
 from torch.distributions import Independent, Normal
 
 from genvae import CVAE, VAE
-from genvae._step import CompiledAdamStep
+from genvae._step import CompiledAdamStep, compiles_whole
 from genvae.data import synthetic_digits
 from genvae.likelihoods import Bernoulli
 from genvae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
@@ -165,6 +165,14 @@ def test_shared_parameters_compile_the_loss_alone():
     train = synthetic_digits(128, seed=0)
     history = fit(model, train, test=train, epochs=2, batch_size=32, device="cpu", compile=True, progress=False).history
     assert history[1].test_loss < history[0].test_loss
+
+
+def test_which_models_compile_whole():
+    """MLP models compile their whole step; convolutional ones and shared parameters the loss alone."""
+    encoder = MLPEncoder(SHAPE, 4, hidden=(32,))
+    assert compiles_whole(small_vae())
+    assert not compiles_whole(VAE(ConvEncoder(SHAPE, 4), ConvDecoder(4, SHAPE), Bernoulli(), StandardNormal(4)))
+    assert not compiles_whole(VAE(encoder, MLPDecoder(4, SHAPE), Bernoulli(), VampPrior(encoder, 8, SHAPE)))
 
 
 def test_compiled_step_refuses_other_optimizers():

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ._checks import positive_float, positive_int
 from ._files import atomic_path, write_json
 from ._graph import GraphedStep
-from ._step import CompiledAdamStep, shares_parameters
+from ._step import CompiledAdamStep, compiles_whole
 from .data import BatchLoader, ImageDataset
 from .io import save
 from .metrics.likelihood import evaluate_elbo
@@ -156,9 +156,9 @@ def fit(
             CPU with the default Adam, in one process, the whole step is compiled as one program:
             gradients by :func:`torch.func.grad_and_value` and torch.optim.Adam's update, on the
             optimizer's own state (so checkpoints are unchanged); the last, smaller batch of an
-            epoch then takes the eager step. Elsewhere, and for
-            models whose parts share parameters (a VampPrior reuses the encoder), the loss is
-            compiled and autograd and the optimizer run as usual. Each such fit starts with
+            epoch then takes the eager step. Elsewhere, and for models with convolutions or with
+            parameters shared between parts (a VampPrior reuses the encoder), the loss is compiled
+            and autograd and the optimizer run as usual. Each such fit starts with
             ``torch.compiler.reset()``, so that the compiled steps of earlier fits do not exhaust
             dynamo's recompile limit.
         amp: bfloat16 autocast for the forward pass (on a CPU it pays with ``compile``, which
@@ -275,9 +275,7 @@ def fit(
 
     mode = compile if isinstance(compile, str) else None
     # On a CPU, with the default Adam, the whole step is compiled (see _step.py); elsewhere the loss.
-    whole_step = (
-        bool(compile) and optimizer is None and dev.type == "cpu" and world == 1 and not shares_parameters(model)
-    )
+    whole_step = bool(compile) and optimizer is None and dev.type == "cpu" and world == 1 and compiles_whole(model)
     if compile:
         # Each fit compiles its own step: clear the entries of earlier fits, which would otherwise
         # count towards dynamo's recompile limit and, past it, silently fall back to eager.
