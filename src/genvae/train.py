@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -300,16 +301,8 @@ def fit(
     if cuda_graph:
         step_fn = GraphedStep(train_step)
     elif whole_step:
-        step_fn = CompiledAdamStep(
-            train_step,
-            model,
-            opt,
-            beta_t,
-            running,
-            amp=amp,
-            grad_clip=grad_clip,
-            mode=mode,  # type: ignore[arg-type]
-        )
+        adam = cast(torch.optim.Adam, opt)  # whole_step implies the default optimizer
+        step_fn = CompiledAdamStep(train_step, model, adam, beta_t, running, amp=amp, grad_clip=grad_clip, mode=mode)
 
     # The data are checked once here, so the per-step value checks (host reads) can be skipped.
     x0, y0 = train.float_images()[:1024].to(dev), train.labels[:1024].to(dev)
