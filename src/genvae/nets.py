@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
@@ -37,7 +36,9 @@ def _one_hot(y: Tensor | None, num_classes: int | None, like: Tensor) -> Tensor 
         return None
     if y is None:
         raise ValueError(f"expected a label tensor y of shape (B,) for a net with num_classes={num_classes}, got None")
-    onehot = F.one_hot(y, num_classes).to(like.dtype)  # (B, K)
+    # A comparison rather than F.one_hot, which reads the labels' range on the host (a sync, and a
+    # data-dependent value that tracing cannot see); the model checks the labels' range once.
+    onehot = (y.unsqueeze(-1) == torch.arange(num_classes, device=y.device)).to(like.dtype)  # (B, K)
     return onehot.expand(*like.shape[:-1], num_classes)
 
 
