@@ -103,6 +103,19 @@ def test_resume_continues_a_run(mnist_run, tmp_path):
     assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2]
 
 
+@pytest.mark.mnist
+def test_same_seed_repeats_a_run(tmp_path):
+    """The seed fixes the initial weights as well as the batch order and noise: two runs agree."""
+    args = ["train", "--epochs", "1", "--train-subset", "600", "--test-subset", "100", "--latent-dim", "4"]
+    args += ["--no-progress", "--device", "cpu", "--seed", "7"]
+    for name in ("a", "b"):
+        assert main([*args, "--out", str(tmp_path / name)]) == 0
+    a, b = (json.loads((tmp_path / n / "history.json").read_text())[0] for n in ("a", "b"))
+    assert a["train_loss"] == b["train_loss"] and a["test_loss"] == b["test_loss"]
+    wa, wb = genvae.load(tmp_path / "a").state_dict(), genvae.load(tmp_path / "b").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_cvae_config_from_toml(tmp_path, monkeypatch):
     """A TOML config builds the model it names; flags override it (checked without training)."""
     from genvae.config import RunConfig, build_model, read_config

@@ -167,6 +167,7 @@ def _train(args: argparse.Namespace) -> None:
 
     train = _data(cfg, "train", subset=cfg.train_subset)
     test = _data(cfg, "test", subset=cfg.test_subset)
+    torch.manual_seed(cfg.seed)  # the initial weights, so that a seed repeats a run
     model = build_model(cfg, train.data_shape, train.num_classes)
     run.mkdir(parents=True, exist_ok=True)
     write_json(run / "config.json", cfg.to_dict())
