@@ -1,5 +1,6 @@
-"""How much of the MLP VAE's CPU training step is matrix products: the full step against its eleven
-matrix products alone (same shapes, same thread count), and a large matmul for the machine's rate.
+"""How much of the MLP VAE's CPU training step is matrix products: the eager step and the compiled
+step of ``fit(compile=True)`` against their eleven matrix products alone (same shapes, same thread
+count), and a large matmul for the machine's rate.
 
     python benchmarks/matmul_share.py [--batch 128] [--rounds 7]
 
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from genvae import VAE
+from genvae._step import CompiledAdamStep
 from genvae.likelihoods import Bernoulli
 from genvae.nets import MLPDecoder, MLPEncoder
 from genvae.priors import StandardNormal
@@ -52,6 +54,15 @@ def main() -> None:
         loss.backward()
         opt.step()
 
+    # fit(compile=True)'s CPU step: the whole step (gradients and Adam) as one compiled program.
+    compiled_model = VAE(MLPEncoder(SHAPE, LATENT), MLPDecoder(LATENT, SHAPE), Bernoulli(), StandardNormal(LATENT))
+    compiled_model.validate_args = False
+    compiled_opt = torch.optim.Adam(compiled_model.parameters(), lr=1e-3)
+    compiled_step = CompiledAdamStep(step, compiled_model, compiled_opt, torch.tensor(1.0), torch.zeros(()))
+
+    def compiled(i: int) -> None:
+        compiled_step(data.index_select(0, batches[i % len(batches)]), None)
+
     # The products of one step: 4 forward (with bias), 4 weight gradients, 3 input gradients.
     r = torch.rand
     x, h, z = r(b, PIXELS), r(b, HIDDEN), r(b, LATENT)
@@ -70,11 +81,12 @@ def main() -> None:
     def matmul(i: int) -> None:
         a @ c
 
-    for f in (step, products, matmul):
-        seconds_per_call(f, 20)  # warm-up
-    times: dict[str, list[float]] = {"step": [], "products": [], "matmul": []}
+    for f in (step, compiled, products, matmul):
+        seconds_per_call(f, 20)  # warm-up (and the compilation)
+    times: dict[str, list[float]] = {"step": [], "compiled": [], "products": [], "matmul": []}
     for _ in range(args.rounds):
         times["step"].append(seconds_per_call(step, 100))
+        times["compiled"].append(seconds_per_call(compiled, 100))
         times["products"].append(seconds_per_call(products, 100))
         times["matmul"].append(seconds_per_call(matmul, 5))
     t = {k: statistics.median(v) for k, v in times.items()}
@@ -82,9 +94,10 @@ def main() -> None:
     flops = FLOPS_PER_IMAGE * b
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {b}")
     print(f"large matmul      {peak / 1e9:8.1f} GFLOP/s")
-    print(f"full step         {t['step'] * 1e3:8.2f} ms  {flops / t['step'] / peak:6.1%} of the matmul rate")
-    print(f"its products only {t['products'] * 1e3:8.2f} ms  {flops / t['products'] / peak:6.1%} of the matmul rate")
-    print(f"products' share of the step: {t['products'] / t['step']:.0%}")
+    for name, key in (("eager step", "step"), ("compiled step", "compiled"), ("products only", "products")):
+        print(f"{name:17s} {t[key] * 1e3:8.2f} ms  {flops / t[key] / peak:6.1%} of the matmul rate")
+    share = {k: t["products"] / t[k] for k in ("step", "compiled")}
+    print(f"products' share of the step: eager {share['step']:.0%}, compiled {share['compiled']:.0%}")
 
 
 if __name__ == "__main__":

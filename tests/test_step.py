@@ -156,6 +156,44 @@ def test_compiled_step_updates_buffers_like_eager(aten_random, float64):
         torch.testing.assert_close(q, p, rtol=1e-7, atol=1e-9, msg=name)
 
 
+class HostReadingEncoder(torch.nn.Module):
+    """An MLP encoder that checks its input's range on the host, which tracing cannot follow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = MLPEncoder(SHAPE, 4, hidden=(32,))
+
+    def forward(self, x, y=None):
+        if float(x.amax()) > 1:
+            raise ValueError("expected pixels in [0, 1]")
+        return self.inner(x, y)
+
+
+def test_untraceable_model_warns_and_trains_eagerly(float64):
+    """A forward pass that reads tensor values on the host cannot become one program: the step says
+    so once and runs the eager step, which trains exactly as without compilation."""
+    torch.manual_seed(0)
+    ref = VAE(HostReadingEncoder(), MLPDecoder(4, SHAPE, hidden=(32,)), Bernoulli(), StandardNormal(4))
+    ref.validate_args = False
+    new = copy.deepcopy(ref)
+    opt_ref, opt_new = torch.optim.Adam(ref.parameters()), torch.optim.Adam(new.parameters())
+    beta, run_ref, run_new = torch.tensor(1.0), torch.zeros(()), torch.zeros(())
+    step_ref = eager_step(ref, opt_ref, beta, run_ref, None)
+    step_new = CompiledAdamStep(eager_step(new, opt_new, beta, run_new, None), new, opt_new, beta, run_new)
+    x = synthetic_digits(48, seed=5).float_images().double()
+    with pytest.warns(UserWarning, match="reads tensor values on the host") as caught:
+        for i in range(3):
+            torch.manual_seed(i)
+            step_ref(x[16 * i : 16 * (i + 1)], None)
+            torch.manual_seed(i)
+            step_new(x[16 * i : 16 * (i + 1)], None)
+    assert len(caught) == 1
+    assert step_new.compiled is None
+    for p, q in zip(ref.parameters(), new.parameters()):
+        assert torch.equal(p, q)
+    assert torch.equal(run_new, run_ref)
+
+
 def test_shared_parameters_compile_the_loss_alone():
     """A VampPrior reuses the encoder, which the gradient transform cannot compile: the compiled step
     refuses it with a clear error, and fit(compile=True) trains it with the loss compiled."""

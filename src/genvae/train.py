@@ -156,8 +156,10 @@ def fit(
         compile: ``torch.compile`` the step; a string picks its mode, e.g. ``"max-autotune"``. On a
             CPU with the default Adam, in one process, the whole step is compiled as one program:
             gradients by :func:`torch.func.grad_and_value` and torch.optim.Adam's update, on the
-            optimizer's own state (so checkpoints are unchanged); the last, smaller batch of an
-            epoch then takes the eager step. Elsewhere, and for models with convolutions or with
+            optimizer's own state (so checkpoints are unchanged), traced once and compiled by
+            inductor without dynamo's per-call guards; the learning rate, betas, ε and weight
+            decay are read at every step, and the last, smaller batch of an epoch takes the eager
+            step. Elsewhere, and for models with convolutions or with
             parameters shared between parts (a VampPrior reuses the encoder), the loss is compiled
             and autograd and the optimizer run as usual. Each such fit starts with
             ``torch.compiler.reset()``, so that the compiled steps of earlier fits do not exhaust
