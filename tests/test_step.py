@@ -130,23 +130,35 @@ class BatchNormEncoder(torch.nn.Module):
         return Independent(Normal(loc, log_scale.exp()), 1)
 
 
-def test_compiled_step_updates_buffers_like_eager(aten_random, float64):
-    """Buffers are updated inside the compiled step as eagerly (batch norm's running statistics and
-    batch count), and tracing the step leaves them untouched."""
-    torch.manual_seed(0)
-    ref = VAE(BatchNormEncoder(4), MLPDecoder(4, SHAPE, hidden=(32,)), Bernoulli(), StandardNormal(4))
+def twin_steps(encoder: torch.nn.Module):
+    """A VAE on ``encoder`` and its copy, stepped by autograd + torch.optim.Adam and by the compiled
+    step: ``(ref, new, step_ref, step_new, run_ref, run_new)``."""
+    ref = VAE(encoder, MLPDecoder(4, SHAPE, hidden=(32,)), Bernoulli(), StandardNormal(4))
     ref.validate_args = False
     new = copy.deepcopy(ref)
     opt_ref, opt_new = torch.optim.Adam(ref.parameters()), torch.optim.Adam(new.parameters())
     beta, run_ref, run_new = torch.tensor(1.0), torch.zeros(()), torch.zeros(())
     step_ref = eager_step(ref, opt_ref, beta, run_ref, None)
     step_new = CompiledAdamStep(eager_step(new, opt_new, beta, run_new, None), new, opt_new, beta, run_new)
+    return ref, new, step_ref, step_new, run_ref, run_new
+
+
+def step_both(step_ref, step_new, batches) -> None:
+    """One step of each on every batch, with the same noise."""
+    for i, xb in enumerate(batches):
+        torch.manual_seed(i)
+        step_ref(xb, None)
+        torch.manual_seed(i)
+        step_new(xb, None)
+
+
+def test_compiled_step_updates_buffers_like_eager(aten_random, float64):
+    """Buffers are updated inside the compiled step as eagerly (batch norm's running statistics and
+    batch count), and tracing the step leaves them untouched."""
+    torch.manual_seed(0)
+    ref, new, step_ref, step_new, _, _ = twin_steps(BatchNormEncoder(4))
     x = synthetic_digits(64, seed=4).float_images().double()
-    for i, (a, b) in enumerate([(0, 16), (16, 32), (32, 48), (48, 60)]):
-        torch.manual_seed(i)
-        step_ref(x[a:b], None)
-        torch.manual_seed(i)
-        step_new(x[a:b], None)
+    step_both(step_ref, step_new, [x[a:b] for a, b in [(0, 16), (16, 32), (32, 48), (48, 60)]])
     assert int(new.encoder.net[2].num_batches_tracked) == 4
     # Gradients near Adam's ε (1e-8) turn a rounding difference of 1e-16 into one of about 1e-11 in
     # the update; float32 rounding would show as 1e-4 here.
@@ -173,20 +185,10 @@ def test_untraceable_model_warns_and_trains_eagerly(float64):
     """A forward pass that reads tensor values on the host cannot become one program: the step says
     so once and runs the eager step, which trains exactly as without compilation."""
     torch.manual_seed(0)
-    ref = VAE(HostReadingEncoder(), MLPDecoder(4, SHAPE, hidden=(32,)), Bernoulli(), StandardNormal(4))
-    ref.validate_args = False
-    new = copy.deepcopy(ref)
-    opt_ref, opt_new = torch.optim.Adam(ref.parameters()), torch.optim.Adam(new.parameters())
-    beta, run_ref, run_new = torch.tensor(1.0), torch.zeros(()), torch.zeros(())
-    step_ref = eager_step(ref, opt_ref, beta, run_ref, None)
-    step_new = CompiledAdamStep(eager_step(new, opt_new, beta, run_new, None), new, opt_new, beta, run_new)
+    ref, new, step_ref, step_new, run_ref, run_new = twin_steps(HostReadingEncoder())
     x = synthetic_digits(48, seed=5).float_images().double()
     with pytest.warns(UserWarning, match="reads tensor values on the host") as caught:
-        for i in range(3):
-            torch.manual_seed(i)
-            step_ref(x[16 * i : 16 * (i + 1)], None)
-            torch.manual_seed(i)
-            step_new(x[16 * i : 16 * (i + 1)], None)
+        step_both(step_ref, step_new, x.split(16))
     assert len(caught) == 1
     assert step_new.compiled is None
     for p, q in zip(ref.parameters(), new.parameters()):
