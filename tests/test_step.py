@@ -223,6 +223,10 @@ def test_compiled_step_refuses_other_optimizers():
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="expected a torch.optim.Adam .* got SGD"):
         CompiledAdamStep(lambda x, y: None, model, sgd, torch.tensor(1.0), torch.zeros(()))
+    for option in ("amsgrad", "decoupled_weight_decay"):  # other update rules
+        adam = torch.optim.Adam(model.parameters(), **{option: True})
+        with pytest.raises(ValueError, match=f"'{option}': True"):
+            CompiledAdamStep(lambda x, y: None, model, adam, torch.tensor(1.0), torch.zeros(()))
 
 
 def test_fit_compile_resumes_bit_identically_and_checkpoints_adam_state(tmp_path):

@@ -64,7 +64,8 @@ class CompiledAdamStep:
     Args:
         step: the eager step ``step(x, y)`` (autograd, ``opt.step()``), for other batch shapes.
         model: a :class:`~genvae.VAE` or :class:`~genvae.CVAE` whose parameters ``opt`` holds.
-        opt: a :class:`torch.optim.Adam` with one parameter group and ``amsgrad=False``.
+        opt: a :class:`torch.optim.Adam` with one parameter group, ``amsgrad=False`` and
+            ``decoupled_weight_decay=False``.
         beta: ``()`` the KL weight, read at every step.
         running: ``()`` the loss of every step is added to it.
         amp: bfloat16 autocast for the forward pass.
@@ -84,10 +85,12 @@ class CompiledAdamStep:
         grad_clip: float | None = None,
         mode: str | None = None,
     ) -> None:
-        if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1 or opt.defaults["amsgrad"]:
+        options = {k: opt.defaults.get(k, False) for k in ("amsgrad", "decoupled_weight_decay")}
+        if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1 or any(options.values()):
             raise ValueError(
-                f"expected a torch.optim.Adam with one parameter group and amsgrad=False, got "
-                f"{type(opt).__name__} with {len(opt.param_groups)} group(s)"
+                f"expected a torch.optim.Adam with one parameter group, amsgrad=False and "
+                f"decoupled_weight_decay=False, got {type(opt).__name__} with {len(opt.param_groups)} "
+                f"group(s) and {options}"
             )
         if shares_parameters(model):
             raise ValueError(
