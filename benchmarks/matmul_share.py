@@ -34,6 +34,25 @@ def seconds_per_call(f: Callable[[int], object], n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
+def vae_and_adam(fused: bool | None = None) -> tuple[VAE, torch.optim.Adam]:
+    """The MLP VAE 784-400-20 without per-step value checks, and an Adam on its parameters."""
+    model = VAE(MLPEncoder(SHAPE, LATENT), MLPDecoder(LATENT, SHAPE), Bernoulli(), StandardNormal(LATENT))
+    model.validate_args = False
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+
+
+def adam_step(model: VAE, opt: torch.optim.Adam) -> Callable[[torch.Tensor, torch.Tensor | None], None]:
+    """The eager training step: loss, autograd, Adam."""
+
+    def step(x: torch.Tensor, y: torch.Tensor | None) -> None:
+        loss = model(x, y).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=128)
@@ -41,27 +60,18 @@ def main() -> None:
     args = p.parse_args()
     b = args.batch
     torch.manual_seed(0)
-    model = VAE(MLPEncoder(SHAPE, LATENT), MLPDecoder(LATENT, SHAPE), Bernoulli(), StandardNormal(LATENT))
-    model.validate_args = False
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     data = torch.rand(60000, *SHAPE)
     batches = torch.randperm(60000)[: (60000 // b) * b].view(-1, b)  # (steps, B)
+    eager = adam_step(*vae_and_adam(fused=True))
+    # fit(compile=True)'s CPU step: the whole step (gradients and Adam) as one compiled program.
+    model, opt = vae_and_adam()
+    whole = CompiledAdamStep(adam_step(model, opt), model, opt, torch.tensor(1.0), torch.zeros(()))
 
     def step(i: int) -> None:
-        x = data.index_select(0, batches[i % len(batches)])  # (B, 1, 28, 28)
-        loss = model(x).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    # fit(compile=True)'s CPU step: the whole step (gradients and Adam) as one compiled program.
-    compiled_model = VAE(MLPEncoder(SHAPE, LATENT), MLPDecoder(LATENT, SHAPE), Bernoulli(), StandardNormal(LATENT))
-    compiled_model.validate_args = False
-    compiled_opt = torch.optim.Adam(compiled_model.parameters(), lr=1e-3)
-    compiled_step = CompiledAdamStep(step, compiled_model, compiled_opt, torch.tensor(1.0), torch.zeros(()))
+        eager(data.index_select(0, batches[i % len(batches)]), None)  # (B, 1, 28, 28)
 
     def compiled(i: int) -> None:
-        compiled_step(data.index_select(0, batches[i % len(batches)]), None)
+        whole(data.index_select(0, batches[i % len(batches)]), None)
 
     # The products of one step: 4 forward (with bias), 4 weight gradients, 3 input gradients.
     r = torch.rand

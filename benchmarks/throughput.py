@@ -270,7 +270,6 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "rounds": rounds,
         "epochs_per_fit": epochs,
-        "matmul_flops_per_second": first,
         "flops_per_image": {"MLP": flops_per_image(mlp_vae, device), "conv": flops_per_image(conv_vae, device)},
     }
     path = args.out / f"{'cuda' if gpu else 'cpu'}{'-quick' if args.quick else ''}.json"

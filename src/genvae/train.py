@@ -159,11 +159,10 @@ def fit(
             optimizer's own state (so checkpoints are unchanged), traced once and compiled by
             inductor without dynamo's per-call guards; the learning rate, betas, ε and weight
             decay are read at every step, and the last, smaller batch of an epoch takes the eager
-            step. Elsewhere, and for models with convolutions or with
-            parameters shared between parts (a VampPrior reuses the encoder), the loss is compiled
-            and autograd and the optimizer run as usual. Each such fit starts with
-            ``torch.compiler.reset()``, so that the compiled steps of earlier fits do not exhaust
-            dynamo's recompile limit.
+            step. Elsewhere, and for models with convolutions or with parameters shared between
+            parts (a VampPrior reuses the encoder), the loss is compiled and autograd and the
+            optimizer run as usual; each such fit starts with ``torch.compiler.reset()``, so that
+            the compiled losses of earlier fits do not exhaust dynamo's recompile limit.
         amp: bfloat16 autocast for the forward pass (on a CPU it pays with ``compile``, which
             fuses the casts into the neighbouring kernels).
         cuda_graph: on a CUDA device, capture the whole step (loss, backward, optimizer step) as
@@ -279,11 +278,12 @@ def fit(
     mode = compile if isinstance(compile, str) else None
     # On a CPU, with the default Adam, the whole step is compiled (see _step.py); elsewhere the loss.
     whole_step = bool(compile) and optimizer is None and dev.type == "cpu" and world == 1 and compiles_whole(model)
-    if compile:
-        # Each fit compiles its own step: clear the entries of earlier fits, which would otherwise
+    step_loss = objective
+    if compile and not whole_step:
+        # Each fit compiles its own loss: clear the entries of earlier fits, which would otherwise
         # count towards dynamo's recompile limit and, past it, silently fall back to eager.
         torch.compiler.reset()
-    step_loss = torch.compile(objective, mode=mode) if compile and not whole_step else objective
+        step_loss = torch.compile(objective, mode=mode)
     show = progress if progress is not None else sys.stderr.isatty()
     steps_per_epoch = len(loader)
     beta_t = torch.tensor(float(beta), device=dev)
