@@ -17,11 +17,12 @@ from collections.abc import Callable
 
 import torch
 
-from genvae import VAE
+from genvae import ELBO, VAE
 from genvae._step import CompiledAdamStep
 from genvae.likelihoods import Bernoulli
 from genvae.nets import MLPDecoder, MLPEncoder
 from genvae.priors import StandardNormal
+from genvae.step import train_step
 
 SHAPE, LATENT, HIDDEN, PIXELS = (1, 28, 28), 20, 400, 784
 FLOPS_PER_IMAGE = 3.28e6  # one training step, counted by FlopCounterMode (benchmarks/throughput.py)
@@ -37,18 +38,17 @@ def seconds_per_call(f: Callable[[int], object], n: int) -> float:
 def vae_and_adam(fused: bool | None = None) -> tuple[VAE, torch.optim.Adam]:
     """The MLP VAE 784-400-20 without per-step value checks, and an Adam on its parameters."""
     model = VAE(MLPEncoder(SHAPE, LATENT), MLPDecoder(LATENT, SHAPE), Bernoulli(), StandardNormal(LATENT))
-    model.validate_args = False
+    model.validating = False
     return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
 
 
-def adam_step(model: VAE, opt: torch.optim.Adam) -> Callable[[torch.Tensor, torch.Tensor | None], None]:
-    """The eager training step: loss, autograd, Adam."""
+def adam_step(
+    model: VAE, opt: torch.optim.Adam, count: torch.Tensor
+) -> Callable[[torch.Tensor, torch.Tensor | None], None]:
+    """The eager training step: genvae's train_step (loss, autograd, Adam)."""
 
     def step(x: torch.Tensor, y: torch.Tensor | None) -> None:
-        loss = model(x, y).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, ELBO(), opt, (x, y), step=count)
 
     return step
 
@@ -62,10 +62,11 @@ def main() -> None:
     torch.manual_seed(0)
     data = torch.rand(60000, *SHAPE)
     batches = torch.randperm(60000)[: (60000 // b) * b].view(-1, b)  # (steps, B)
-    eager = adam_step(*vae_and_adam(fused=True))
+    eager = adam_step(*vae_and_adam(fused=True), torch.zeros((), dtype=torch.int64))
     # fit(compile=True)'s CPU step: the whole step (gradients and Adam) as one compiled program.
     model, opt = vae_and_adam()
-    whole = CompiledAdamStep(adam_step(model, opt), model, opt, torch.tensor(1.0), torch.zeros(()))
+    count = torch.zeros((), dtype=torch.int64)
+    whole = CompiledAdamStep(adam_step(model, opt, count), model, ELBO(), opt, count, torch.zeros(()))
 
     def step(i: int) -> None:
         eager(data.index_select(0, batches[i % len(batches)]), None)  # (B, 1, 28, 28)

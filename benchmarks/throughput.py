@@ -93,10 +93,9 @@ def conv_vae() -> VAE:
 def flops_per_image(make: Callable[[], VAE], device: torch.device, batch: int = 128) -> float:
     """FLOPs of one training step (forward and backward) divided by the batch size."""
     model = make().to(device)
-    model.validate_args = False
     x = torch.rand(batch, *SHAPE, device=device)
-    with FlopCounterMode(display=False) as counter:
-        model(x).loss.backward()
+    with FlopCounterMode(display=False) as counter, model.validate_args(False):
+        model.elbo(x).loss.backward()
     return counter.get_total_flops() / batch
 
 

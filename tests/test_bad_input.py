@@ -92,13 +92,23 @@ def test_any_real_pixels_are_fine_for_a_gaussian() -> None:
     assert bool(torch.isfinite(vae(Gaussian()).elbo(x).elbo).all())
 
 
-def test_value_checks_can_be_switched_off() -> None:
+def test_value_checks_can_be_switched_off_in_a_block_that_restores_them() -> None:
     model = vae()
-    model.validate_args = False
     x = torch.rand(2, *MNIST) + 1.0  # outside the support; the caller vouched for the data
-    assert model.elbo(x).elbo.shape == (2,)
-    with pytest.raises(ValueError, match="shape"):  # shapes are still checked
-        model.elbo(torch.rand(2, 784))
+    with model.validate_args(False):
+        assert model.elbo(x).elbo.shape == (2,)
+        with pytest.raises(ValueError, match="shape"):  # shapes are still checked
+            model.elbo(torch.rand(2, 784))
+        with model.validate_args(True):  # nested blocks restore the state around them
+            with pytest.raises(ValueError, match="support"):
+                model.elbo(x)
+        assert not model.validating
+    assert model.validating
+    with pytest.raises(RuntimeError), model.validate_args(False):  # restored on an exception too
+        raise RuntimeError
+    assert model.validating
+    with pytest.raises(ValueError, match="support"):
+        model.elbo(x)
 
 
 # ---------------------------------------------------------------- labels

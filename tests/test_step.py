@@ -9,12 +9,13 @@ import torch
 import torch._inductor.config as inductor_config
 from torch.distributions import Independent, Normal
 
-from genvae import CVAE, VAE
+from genvae import CVAE, ELBO, IWAE, STL, VAE, DReG, FreeBits
 from genvae._step import CompiledAdamStep, compiles_whole
 from genvae.data import synthetic_digits
 from genvae.likelihoods import Bernoulli
 from genvae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from genvae.priors import ConditionalNormal, StandardNormal, VampPrior
+from genvae.schedules import Cyclical, LinearWarmup
 from genvae.train import fit
 
 SHAPE = (1, 28, 28)
@@ -25,11 +26,12 @@ def small_vae(seed: int = 0) -> VAE:
     return VAE(MLPEncoder(SHAPE, 4, hidden=(32,)), MLPDecoder(4, SHAPE, hidden=(32,)), Bernoulli(), StandardNormal(4))
 
 
-def eager_step(model, opt, beta, running, grad_clip):
-    """The reference: autograd and torch.optim.Adam's own step."""
+def eager_step(model, opt, objective, count, running, grad_clip):
+    """The reference: the objective on the model's terms, autograd and torch.optim.Adam's own step."""
 
     def step(x, y):
-        loss = model(x, y, beta=beta).loss
+        count.add_(1)
+        loss = objective(model.terms(x, y, k=objective.k), count).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
@@ -57,12 +59,23 @@ def float64():
     torch.set_default_dtype(torch.float32)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cvae", "conv"])
-def test_compiled_step_matches_torch_adam(aten_random, float64, kind):
+OBJECTIVES = {
+    "elbo-warmup": lambda: ELBO(LinearWarmup(0.5, steps=3)),
+    "iwae": lambda: IWAE(3),
+    "dreg": lambda: DReG(3),
+    "stl": lambda: STL(),
+    "free-bits-cyclical": lambda: FreeBits(0.1, beta=Cyclical(1.0, period=2)),
+}
+
+
+@pytest.mark.parametrize(
+    "kind,objective", [(kind, "elbo-warmup") for kind in ("mlp", "cvae", "conv")] + [("mlp", o) for o in OBJECTIVES]
+)
+def test_compiled_step_matches_torch_adam(aten_random, float64, kind, objective):
     """In float64 the only differences are rounding: weights, Adam's state and the summed loss
     agree with autograd + torch.optim.Adam over steps with weight decay, clipping that bites, a
     learning rate, betas, ε and weight decay changed between steps and a last batch of another
-    shape."""
+    shape, for every objective (β schedules read the step counter inside the program)."""
     torch.manual_seed(0)
     conditional = kind == "cvae"
     if kind == "cvae":
@@ -76,16 +89,17 @@ def test_compiled_step_matches_torch_adam(aten_random, float64, kind):
         ref = VAE(ConvEncoder(SHAPE, 4), ConvDecoder(4, SHAPE), Bernoulli(), StandardNormal(4))
     else:
         ref = small_vae()
-    ref.validate_args = False
+    ref.validating = False
     new = copy.deepcopy(ref)
     kw = dict(lr=3e-3, weight_decay=0.01)
     opt_ref, opt_new = torch.optim.Adam(ref.parameters(), **kw), torch.optim.Adam(new.parameters(), **kw)
-    beta = torch.tensor(0.5, dtype=torch.float64)
+    obj = OBJECTIVES[objective]()
+    count_ref, count_new = torch.zeros((), dtype=torch.int64), torch.zeros((), dtype=torch.int64)
     run_ref, run_new = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
     clip = 5.0
-    step_ref = eager_step(ref, opt_ref, beta, run_ref, clip)
+    step_ref = eager_step(ref, opt_ref, obj, count_ref, run_ref, clip)
     step_new = CompiledAdamStep(
-        eager_step(new, opt_new, beta, run_new, clip), new, opt_new, beta, run_new, grad_clip=clip
+        eager_step(new, opt_new, obj, count_new, run_new, clip), new, obj, opt_new, count_new, run_new, grad_clip=clip
     )
     data = synthetic_digits(96, seed=3)
     x, y = data.float_images().double(), data.labels
@@ -104,6 +118,7 @@ def test_compiled_step_matches_torch_adam(aten_random, float64, kind):
     # clip_grad_norm_ rescaled the last step's gradients to norm `clip`: the clipping bit
     assert float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) == pytest.approx(clip, rel=1e-6)
     torch.testing.assert_close(run_new, run_ref, rtol=1e-10, atol=0)
+    assert step_new.compiled is not None and int(count_new) == int(count_ref) == 5
     for (name, p), q in zip(ref.named_parameters(), new.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-12, msg=name)
     for p, q in zip(ref.parameters(), new.parameters()):
@@ -134,12 +149,15 @@ def twin_steps(encoder: torch.nn.Module):
     """A VAE on ``encoder`` and its copy, stepped by autograd + torch.optim.Adam and by the compiled
     step: ``(ref, new, step_ref, step_new, run_ref, run_new)``."""
     ref = VAE(encoder, MLPDecoder(4, SHAPE, hidden=(32,)), Bernoulli(), StandardNormal(4))
-    ref.validate_args = False
+    ref.validating = False
     new = copy.deepcopy(ref)
     opt_ref, opt_new = torch.optim.Adam(ref.parameters()), torch.optim.Adam(new.parameters())
-    beta, run_ref, run_new = torch.tensor(1.0), torch.zeros(()), torch.zeros(())
-    step_ref = eager_step(ref, opt_ref, beta, run_ref, None)
-    step_new = CompiledAdamStep(eager_step(new, opt_new, beta, run_new, None), new, opt_new, beta, run_new)
+    run_ref, run_new = torch.zeros(()), torch.zeros(())
+    counts = torch.zeros((), dtype=torch.int64), torch.zeros((), dtype=torch.int64)
+    step_ref = eager_step(ref, opt_ref, ELBO(), counts[0], run_ref, None)
+    step_new = CompiledAdamStep(
+        eager_step(new, opt_new, ELBO(), counts[1], run_new, None), new, ELBO(), opt_new, counts[1], run_new
+    )
     return ref, new, step_ref, step_new, run_ref, run_new
 
 
@@ -204,7 +222,7 @@ def test_shared_parameters_compile_the_loss_alone():
     model = VAE(encoder, MLPDecoder(4, SHAPE, hidden=(32,)), Bernoulli(), VampPrior(encoder, 8, SHAPE))
     opt = torch.optim.Adam(model.parameters())
     with pytest.raises(ValueError, match="share no parameters"):
-        CompiledAdamStep(lambda x, y: None, model, opt, torch.tensor(1.0), torch.zeros(()))
+        CompiledAdamStep(lambda x, y: None, model, ELBO(), opt, torch.zeros((), dtype=torch.int64), torch.zeros(()))
     train = synthetic_digits(128, seed=0)
     history = fit(model, train, test=train, epochs=2, batch_size=32, device="cpu", compile=True, progress=False).history
     assert history[1].test_loss < history[0].test_loss
@@ -222,11 +240,13 @@ def test_compiled_step_refuses_other_optimizers():
     model = small_vae()
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="expected a torch.optim.Adam .* got SGD"):
-        CompiledAdamStep(lambda x, y: None, model, sgd, torch.tensor(1.0), torch.zeros(()))
+        CompiledAdamStep(lambda x, y: None, model, ELBO(), sgd, torch.zeros((), dtype=torch.int64), torch.zeros(()))
     for option in ("amsgrad", "decoupled_weight_decay"):  # other update rules
         adam = torch.optim.Adam(model.parameters(), **{option: True})
         with pytest.raises(ValueError, match=f"'{option}': True"):
-            CompiledAdamStep(lambda x, y: None, model, adam, torch.tensor(1.0), torch.zeros(()))
+            CompiledAdamStep(
+                lambda x, y: None, model, ELBO(), adam, torch.zeros((), dtype=torch.int64), torch.zeros(())
+            )
 
 
 def test_fit_compile_resumes_bit_identically_and_checkpoints_adam_state(tmp_path):

@@ -1,5 +1,9 @@
 """A whole training step — loss, gradients and Adam's update — compiled as one program.
 
+The loss and the clipping are :mod:`genvae.step`'s (:func:`~genvae.step.objective_loss`,
+:func:`~genvae.step.clip_scale`), traced through a functional call of the model; what this engine
+adds is Adam's update written as tensor operations, so that it joins the same program.
+
 On a CPU a small model's step is short enough that what lies between the matrix products counts:
 the autograd engine's bookkeeping, each elementwise op's own pass over memory, and the optimizer's
 Python loop over parameters. Compiling the loss alone leaves the backward pass's glue and the
@@ -42,7 +46,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from ._graph import Step
-from .models import _LatentVariableModel
+from .objectives import Objective
+from .protocols import LatentVariableModel
+from .step import clip_scale, objective_loss
 
 #: What tracing raises when the model's code reads tensor values on the host (a Python branch on a
 #: tensor, an output whose shape depends on values).
@@ -53,7 +59,7 @@ STEP_SIZE, CORRECTION2, ONE_MINUS_BETA1, BETA2, EPS, WEIGHT_DECAY = range(6)
 
 
 class CompiledAdamStep:
-    """Runs one Adam step on ``model(x, y, beta=beta).loss``, compiled for the first batch's shape.
+    """Runs one Adam step on ``objective``'s loss of ``model``, compiled for the first batch's shape.
 
     Batches of another shape (the last, smaller batch of an epoch) go to ``step``, the eager step
     on the same optimizer, so the whole step is compiled once. The learning rate, betas, ε and
@@ -62,11 +68,13 @@ class CompiledAdamStep:
     while the step is in use.
 
     Args:
-        step: the eager step ``step(x, y)`` (autograd, ``opt.step()``), for other batch shapes.
-        model: a :class:`~genvae.VAE` or :class:`~genvae.CVAE` whose parameters ``opt`` holds.
+        step: the eager step ``step(x, y)`` (:func:`genvae.step.train_step` on the same optimizer,
+            step counter and running loss), for other batch shapes.
+        model: a model (:class:`~genvae.protocols.LatentVariableModel`) whose parameters ``opt`` holds.
+        objective: the objective whose loss is minimised.
         opt: a :class:`torch.optim.Adam` with one parameter group, ``amsgrad=False`` and
             ``decoupled_weight_decay=False``.
-        beta: ``()`` the KL weight, read at every step.
+        count: ``()`` integer tensor, the optimizer steps so far; incremented at every step.
         running: ``()`` the loss of every step is added to it.
         amp: bfloat16 autocast for the forward pass.
         grad_clip: clip the global gradient norm to this value.
@@ -76,9 +84,10 @@ class CompiledAdamStep:
     def __init__(
         self,
         step: Step,
-        model: _LatentVariableModel,
+        model: LatentVariableModel,
+        objective: Objective,
         opt: torch.optim.Adam,
-        beta: Tensor,
+        count: Tensor,
         running: Tensor,
         *,
         amp: bool = False,
@@ -97,7 +106,7 @@ class CompiledAdamStep:
                 "expected a model whose parts share no parameters (a VampPrior reuses its encoder's), "
                 "which the compiled gradient transform does not support; compile the loss alone"
             )
-        self.step, self.model, self.opt = step, model, opt
+        self.step, self.model, self.objective, self.opt = step, model, objective, opt
         self.amp, self.grad_clip = amp, grad_clip
         group = opt.param_groups[0]
         index = {id(p): n for n, p in model.named_parameters()}
@@ -120,7 +129,7 @@ class CompiledAdamStep:
             *(opt.state[p]["exp_avg_sq"] for p in group["params"]),
             *(opt.state[p]["step"] for p in group["params"]),
             *(b for _, b in model.named_buffers()),
-            beta,
+            count,
             running,
             self.scalars,
         ]
@@ -137,21 +146,24 @@ class CompiledAdamStep:
         self.compiled: Callable[..., object] | None = None
         self.key: Hashable = None  # what the compiled program assumes of the batch and the options
 
-    def _loss(self, params: list[Tensor], buffers: list[Tensor], beta: Tensor, x: Tensor, y: Tensor | None) -> Tensor:
+    def _loss(self, params: list[Tensor], buffers: list[Tensor], count: Tensor, x: Tensor, y: Tensor | None) -> Tensor:
         tensors = dict(zip(self.names, params)) | dict(zip(self.buffer_names, buffers))
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
-            return functional_call(self.model, tensors, (x, y), {"beta": beta}).loss
+
+        def model(x: Tensor, y: Tensor | None, *, k: int) -> object:
+            return functional_call(self.model, tensors, (x, y), {"k": k})
+
+        return objective_loss(model, self.objective, x, y, count, amp=self.amp)
 
     def _program(self, *inputs: Tensor) -> tuple[()]:
         """The step on ``self.inputs + [x] (+ [y])``, updating them in place; traced, never run."""
         n, k = len(self.names), len(self.buffer_names)
         params, exp_avgs, exp_avg_sqs, steps = (list(inputs[i * n : (i + 1) * n]) for i in range(4))
         buffers = list(inputs[4 * n : 4 * n + k])
-        beta, running, s, x, *rest = inputs[4 * n + k :]
-        grads, loss = grad_and_value(self._loss)(params, buffers, beta, x, rest[0] if rest else None)
-        if self.grad_clip is not None:  # as clip_grad_norm_
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-            scale = torch.clamp(self.grad_clip / (norm + 1e-6), max=1.0)
+        count, running, s, x, *rest = inputs[4 * n + k :]
+        count.add_(1)
+        grads, loss = grad_and_value(self._loss)(params, buffers, count, x, rest[0] if rest else None)
+        if self.grad_clip is not None:
+            scale = clip_scale(grads, self.grad_clip)
             grads = tuple(g * scale for g in grads)
         group = self.opt.param_groups[0]
         for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 import time
 from dataclasses import fields
@@ -18,7 +20,7 @@ import torch
 
 from . import __version__
 from ._files import write_json
-from .config import CHOICES, RunConfig, build_model, read_config
+from .config import CHOICES, DEFAULT_IW_K, RunConfig, build_model, build_objective, read_config
 from .io import load
 
 __all__ = ["main"]
@@ -59,6 +61,26 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="genvae", description="Train, evaluate and sample variational autoencoders.")
     p.add_argument("--version", action="version", version=f"genvae {__version__}")
@@ -77,8 +99,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive(int))
     t.add_argument("--batch-size", type=_positive(int))
     t.add_argument("--lr", type=_positive(float))
-    t.add_argument("--beta", type=float)
-    t.add_argument("--kl-warmup-epochs", type=int)
+    t.add_argument(
+        "--k",
+        type=_positive(int),
+        help=f"draws per image for the objective (default {DEFAULT_IW_K} for iwae/dreg, else 1)",
+    )
+    t.add_argument("--free-bits", type=_non_negative, metavar="λ", help="KL floor in nats per latent dimension (elbo)")
+    t.add_argument("--beta", type=_non_negative, help="KL weight β (default 1)")
+    t.add_argument("--warmup-epochs", type=_non_negative_int, help="epochs for β to rise from 0 (linear, cyclical)")
+    t.add_argument(
+        "--kl-warmup-epochs", type=_non_negative_int, help="same as --beta-schedule linear --warmup-epochs N"
+    )
     t.add_argument("--grad-clip", type=_positive(float))
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
@@ -169,11 +200,13 @@ def _train(args: argparse.Namespace) -> None:
     test = _data(cfg, "test", subset=cfg.test_subset)
     torch.manual_seed(cfg.seed)  # the initial weights, so that a seed repeats a run
     model = build_model(cfg, train.data_shape, train.num_classes)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    objective = build_objective(cfg, math.ceil(len(train) // world / cfg.batch_size))
     run.mkdir(parents=True, exist_ok=True)
     write_json(run / "config.json", cfg.to_dict())
     print(
         f"training {cfg.model} ({cfg.arch}, z={cfg.latent_dim}, {cfg.likelihood}, {cfg.prior} prior) "
-        f"on {len(train)} {cfg.dataset} images for {cfg.epochs} epochs → {run}",
+        f"with {objective!r} on {len(train)} {cfg.dataset} images for {cfg.epochs} epochs → {run}",
         file=sys.stderr,
     )
     result = fit(
@@ -181,10 +214,9 @@ def _train(args: argparse.Namespace) -> None:
         train,
         test=test,
         epochs=cfg.epochs,
+        objective=objective,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
-        beta=cfg.beta,
-        kl_warmup_epochs=cfg.kl_warmup_epochs,
         grad_clip=cfg.grad_clip,
         device=cfg.device,
         seed=cfg.seed,
@@ -301,6 +333,10 @@ def _info(args: argparse.Namespace) -> None:
     print(
         f"training   {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, binarize {cfg.binarize}, seed {cfg.seed}"
     )
+    schedule = "" if cfg.beta_schedule == "constant" else f", {cfg.beta_schedule} over {cfg.warmup_epochs} epochs"
+    free_bits = "" if cfg.free_bits is None else f", free bits {cfg.free_bits} nats"
+    k = cfg.k or (DEFAULT_IW_K if cfg.objective in ("iwae", "dreg") else 1)
+    print(f"objective  {cfg.objective}, k {k}, β {cfg.beta}{schedule}{free_bits}")
     history = args.run / "history.json"
     if history.is_file():
         records = json.loads(history.read_text())

@@ -12,14 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from . import likelihoods, nets, priors
-from .models import CVAE, VAE, _LatentVariableModel
+from .models import CVAE, VAE
+from .objectives import ELBO, IWAE, STL, DReG, FreeBits, Objective
+from .protocols import LatentVariableModel
+from .schedules import Cyclical, LinearWarmup, Schedule
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["CHOICES", "RunConfig", "build_model", "read_config"]
+__all__ = ["CHOICES", "RunConfig", "build_model", "build_objective", "read_config"]
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": ("mnist",),
@@ -29,7 +32,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "learn_sigma": ("none", "global", "pixel"),
     "prior": ("standard", "learned", "mog", "vamp", "conditional"),
     "binarize": ("none", "static", "dynamic"),
+    "objective": ("elbo", "iwae", "dreg", "stl"),
+    "beta_schedule": ("constant", "linear", "cyclical"),
 }
+
+#: Importance samples of ``--objective iwae|dreg`` when ``--k`` is not given (Burda et al.'s k = 5).
+DEFAULT_IW_K = 5
 
 
 @dataclass
@@ -54,8 +62,13 @@ class RunConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    objective: str = "elbo"  # elbo, iwae (Burda et al. 2015), dreg (Tucker et al. 2018), stl (Roeder et al. 2017)
+    k: int | None = None  # draws per example; None: 5 for iwae/dreg, 1 otherwise
+    free_bits: float | None = None  # λ nats per latent dimension (ELBO only; Kingma et al. 2016)
     beta: float = 1.0
-    kl_warmup_epochs: int = 0
+    beta_schedule: str = "constant"  # linear: warm-up (Bowman et al. 2016); cyclical: Fu et al. 2019
+    warmup_epochs: int = 0  # epochs over which β rises from 0 (in every cycle for cyclical)
+    kl_warmup_epochs: int = 0  # older name of warmup_epochs with a linear schedule; folded into it
     grad_clip: float | None = None
     seed: int = 1
     device: str = "auto"
@@ -78,6 +91,28 @@ class RunConfig:
         self.channels = tuple(int(c) for c in self.channels)
         if self.prior == "conditional" and self.model != "cvae":
             raise ValueError("expected --model cvae with --prior conditional, got --model vae")
+        if self.kl_warmup_epochs:
+            if self.beta_schedule != "constant" or self.warmup_epochs:
+                raise ValueError("expected --kl-warmup-epochs or --beta-schedule/--warmup-epochs, got both")
+            self.beta_schedule, self.warmup_epochs, self.kl_warmup_epochs = "linear", self.kl_warmup_epochs, 0
+        if not (isinstance(self.beta, (int, float)) and 0 <= self.beta < float("inf")):
+            raise ValueError(f"expected beta to be a finite number >= 0, got {self.beta!r}")
+        if not (isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0):
+            raise ValueError(f"expected warmup_epochs to be an int >= 0, got {self.warmup_epochs!r}")
+        if self.beta_schedule != "constant" and self.warmup_epochs == 0:
+            raise ValueError(f"expected --warmup-epochs N >= 1 with --beta-schedule {self.beta_schedule}, got 0")
+        if self.k is not None and not (isinstance(self.k, int) and self.k >= 1):
+            raise ValueError(f"expected k to be a positive int, got {self.k!r}")
+        if self.free_bits is not None:
+            if self.objective != "elbo":
+                raise ValueError(f"expected --free-bits with --objective elbo, got --objective {self.objective}")
+            if not (isinstance(self.free_bits, (int, float)) and 0 <= self.free_bits < float("inf")):
+                raise ValueError(f"expected free_bits to be a finite number >= 0, got {self.free_bits!r}")
+        if self.objective in ("dreg", "stl") and (self.beta != 1.0 or self.beta_schedule != "constant"):
+            raise ValueError(
+                f"expected --beta 1 and --beta-schedule constant with --objective {self.objective} (it estimates "
+                f"a bound's gradient), got --beta {self.beta} --beta-schedule {self.beta_schedule}"
+            )
         if self.prior == "vamp" and self.model == "cvae":
             raise ValueError("expected --model vae with --prior vamp (pseudo-inputs carry no label), got --model cvae")
 
@@ -105,7 +140,25 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int) -> _LatentVariableModel:
+def build_objective(cfg: RunConfig, steps_per_epoch: int) -> Objective:
+    """The objective ``cfg`` describes; β schedules count optimizer steps, ``steps_per_epoch`` a epoch."""
+    beta: float | Schedule = cfg.beta
+    if cfg.beta_schedule == "linear":
+        beta = LinearWarmup(cfg.beta, steps=cfg.warmup_epochs * steps_per_epoch)
+    elif cfg.beta_schedule == "cyclical":  # rise over warmup_epochs, hold as long (Fu et al.'s R = 0.5)
+        beta = Cyclical(cfg.beta, period=2 * cfg.warmup_epochs * steps_per_epoch, ratio=0.5)
+    if cfg.objective == "iwae":
+        return IWAE(cfg.k or DEFAULT_IW_K, beta=beta)
+    if cfg.objective == "dreg":
+        return DReG(cfg.k or DEFAULT_IW_K)
+    if cfg.objective == "stl":
+        return STL(cfg.k or 1)
+    if cfg.free_bits is not None:
+        return FreeBits(cfg.free_bits, beta=beta, k=cfg.k or 1)
+    return ELBO(beta, k=cfg.k or 1)
+
+
+def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int) -> LatentVariableModel:
     """The VAE or CVAE that ``cfg`` describes, for data of ``data_shape`` with ``num_classes`` labels."""
     k = num_classes if cfg.model == "cvae" else None
     if cfg.arch == "mlp":

@@ -4,7 +4,9 @@ The raw-parameter functions reduce over the last dimension and return the batch 
 parameters of shape ``(*batch, D)`` they return ``(*batch,)``. :func:`kl_divergence` works on
 ``torch.distributions`` objects: it uses torch's KL registry (which genvae extends with
 ``register_kl`` for the standard-normal prior) and falls back to a Monte-Carlo estimate only where
-no closed form is registered and ``mc_samples`` is given.
+no closed form is registered and ``mc_samples`` is given. :func:`kl_on_draws` and
+:func:`kl_per_dim` are the one place where a model's KL term is chosen between the closed form and
+a Monte-Carlo estimate on the draws the model already made.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ __all__ = [
     "kl_divergence",
     "kl_normal_normal",
     "kl_normal_std",
+    "kl_on_draws",
+    "kl_per_dim",
 ]
 
 
@@ -135,3 +139,57 @@ def kl_divergence(q: Distribution, p: Distribution, *, mc_samples: int | None = 
                 "pass mc_samples=N for a Monte-Carlo estimate with N draws"
             ) from None
     return _monte_carlo_kl(q, p, mc_samples)
+
+
+def kl_on_draws(q: Distribution, p: Distribution, z: Tensor) -> Tensor:
+    """KL(q ‖ p) where ``z`` are draws from q: closed form where registered, else on the draws.
+
+    Args:
+        q: the posterior, batch ``(*batch,)``, event ``(D,)``.
+        p: the prior, batch broadcastable with ``z``'s leading dims, event ``(D,)``.
+        z: ``(*S, *batch, D)`` draws from q (the ones the model decoded).
+
+    Returns:
+        ``(*S, *batch)``: the closed form broadcast over the sample dims, or the single-draw
+        Monte-Carlo estimate log q(z) − log p(z) per draw (mixture and VampPrior priors), whose
+        mean over the draws is unbiased.
+    """
+    shape = z.shape[: z.dim() - len(q.event_shape)]
+    try:
+        return _torch_kl(q, p).expand(shape)
+    except NotImplementedError:
+        return q.log_prob(z) - p.log_prob(z)
+
+
+def _factors(d: Distribution) -> Distribution | None:
+    """The per-dimension distribution of a factorised ``Independent(…, 1)``, else None."""
+    if isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1:
+        return d.base_dist
+    return None
+
+
+def kl_per_dim(q: Distribution, p: Distribution, z: Tensor) -> Tensor:
+    """KL(q ‖ p) per latent dimension, for factorised q and p (``Independent(…, 1)`` of scalars).
+
+    Closed form where torch registers one for the factors, else log q_j(z_j) − log p_j(z_j) on the
+    draws. Summed over the last dim it equals :func:`kl_on_draws`.
+
+    Args:
+        q, p, z: as :func:`kl_on_draws`.
+
+    Returns:
+        ``(*S, *batch, D)``.
+
+    Raises:
+        ValueError: q or p does not factorise over dimensions (a mixture prior, a flow posterior).
+    """
+    q_j, p_j = _factors(q), _factors(p)
+    if q_j is None or p_j is None:
+        raise ValueError(
+            f"expected a posterior and a prior that factorise over latent dimensions (Independent(..., 1)) for a "
+            f"KL per dimension, got {type(q).__name__} and {type(p).__name__}"
+        )
+    try:
+        return _torch_kl(q_j, p_j).expand(z.shape)
+    except NotImplementedError:
+        return q_j.log_prob(z) - p_j.log_prob(z)

@@ -22,8 +22,19 @@ from ._checks import positive_float, positive_int, shape_tuple
 __all__ = ["Bernoulli", "ContinuousBernoulli", "Gaussian"]
 
 
-def _event_dims(value: object) -> int:
-    return positive_int("event_dims", value)
+def _event_dims(value: object) -> int | None:
+    return None if value is None else positive_int("event_dims", value)
+
+
+def _independent(base: Distribution, likelihood: Bernoulli | ContinuousBernoulli | Gaussian) -> Distribution:
+    """``base`` with the likelihood's trailing ``event_dims`` dims as one event."""
+    dims = likelihood.event_dims
+    if dims is None:
+        raise ValueError(
+            f"expected {type(likelihood).__name__} to know the data's number of dimensions: compose it into "
+            "a VAE whose encoder or decoder declares data_shape, or pass event_dims="
+        )
+    return Independent(base, dims, validate_args=False)
 
 
 class Bernoulli(nn.Module):
@@ -33,12 +44,13 @@ class Bernoulli(nn.Module):
     proper density on grayscale data use :class:`ContinuousBernoulli`.
 
     Args:
-        event_dims: number of trailing dims that form one example (3 for ``(C, H, W)`` images).
+        event_dims: number of trailing dims that form one example (3 for ``(C, H, W)`` images);
+            by default the model sets it from its data shape.
     """
 
     support = constraints.unit_interval
 
-    def __init__(self, *, event_dims: int = 3) -> None:
+    def __init__(self, *, event_dims: int | None = None) -> None:
         super().__init__()
         self.event_dims = _event_dims(event_dims)
 
@@ -46,7 +58,7 @@ class Bernoulli(nn.Module):
         """``params``: logits ``(*S, B, *data_shape)`` → distribution with that event shape."""
         # validate_args=False: targets may be grayscale in [0, 1]; support is checked by the model.
         base = _Bernoulli(logits=params, validate_args=False)
-        return Independent(base, self.event_dims, validate_args=False)
+        return _independent(base, self)
 
 
 class ContinuousBernoulli(nn.Module):
@@ -56,19 +68,20 @@ class ContinuousBernoulli(nn.Module):
     https://arxiv.org/abs/1907.06845). Its ``mean`` is not ``sigmoid(logits)``; use it for images.
 
     Args:
-        event_dims: number of trailing dims that form one example.
+        event_dims: number of trailing dims that form one example; by default the model sets it
+            from its data shape.
     """
 
     support = constraints.unit_interval
 
-    def __init__(self, *, event_dims: int = 3) -> None:
+    def __init__(self, *, event_dims: int | None = None) -> None:
         super().__init__()
         self.event_dims = _event_dims(event_dims)
 
     def forward(self, params: Tensor) -> Distribution:
         """``params``: logits ``(*S, B, *data_shape)`` → distribution with that event shape."""
         base = _ContinuousBernoulli(logits=params, validate_args=False)
-        return Independent(base, self.event_dims, validate_args=False)
+        return _independent(base, self)
 
 
 class Gaussian(nn.Module):
@@ -86,7 +99,8 @@ class Gaussian(nn.Module):
         learned: whether σ is a trainable parameter.
         shape: shape of σ, broadcast against the data: ``()`` for one σ, the data shape for one per pixel.
         min_sigma: floor of a learned σ.
-        event_dims: number of trailing dims that form one example.
+        event_dims: number of trailing dims that form one example; by default the model sets it
+            from its data shape.
     """
 
     support = constraints.real
@@ -98,7 +112,7 @@ class Gaussian(nn.Module):
         learned: bool = False,
         shape: tuple[int, ...] = (),
         min_sigma: float = 1e-2,
-        event_dims: int = 3,
+        event_dims: int | None = None,
     ) -> None:
         super().__init__()
         self.sigma = positive_float("sigma", sigma)
@@ -124,4 +138,4 @@ class Gaussian(nn.Module):
     def forward(self, params: Tensor) -> Distribution:
         """``params``: means ``(*S, B, *data_shape)`` → distribution with that event shape."""
         scale = self.scale().to(params.dtype).expand_as(params)
-        return Independent(_Normal(params, scale, validate_args=False), self.event_dims, validate_args=False)
+        return _independent(_Normal(params, scale, validate_args=False), self)

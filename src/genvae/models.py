@@ -1,34 +1,41 @@
 """VAE and CVAE: an encoder, a decoder, a likelihood and a prior, composed.
 
     q = encoder(x, y)                  q(z | x[, y]), batch (B,), event (D,)
-    z = q.rsample()                    (B, D), or (K, B, D) for importance weighting
+    z = q.rsample((k,))                (k, B, D)
     p_x = likelihood(decoder(z, y))    p(x | z[, y]), event = data shape
-    elbo = p_x.log_prob(x) − KL(q ‖ prior(y))          (B,)
+    terms = Terms(p_x.log_prob(x), ((q, prior(y), z),))
 
-The KL is closed form where torch's registry has one and a single-sample Monte-Carlo estimate on
-the same z otherwise (mixture and VampPrior priors). With ``k > 1`` the bound is the importance
-weighted one, log 1/K Σ_k p(x, z_k) / q(z_k | x) (Burda et al., 2015, https://arxiv.org/abs/1509.00519).
+``model.terms`` is what every objective (:mod:`genvae.objectives`) consumes; ``model.elbo`` is the
+ELBO objective (the importance-weighted bound for ``k > 1``, Burda et al., 2015,
+https://arxiv.org/abs/1509.00519) applied to those terms.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
-from torch.distributions import kl_divergence as _closed_form_kl
+from torch.utils.checkpoint import checkpoint
 
 from ._checks import check_data, check_labels, positive_int
+from .objectives import ELBO, IWAE
 from .protocols import Decoder, Encoder, Likelihood, Prior
+from .terms import LatentLayer, Terms
 
-__all__ = ["CVAE", "ELBO", "VAE"]
+__all__ = ["CVAE", "ELBOOutput", "VAE", "IW_CHUNK_ELEMENTS"]
+
+#: Upper bound on the elements of one decoder pass over importance samples (k_chunk · B · pixels):
+#: 2**25 float32 values is 128 MiB, so ``terms(x, k=5000)`` runs in bounded memory.
+IW_CHUNK_ELEMENTS = 2**25
 
 
 @dataclass(frozen=True)
-class ELBO:
-    """Per-example terms of the evidence lower bound, in nats.
+class ELBOOutput:
+    """Per-example terms of the evidence lower bound, in nats (what :meth:`VAE.elbo` returns).
 
     Attributes:
         elbo: ``(B,)`` the bound on log p(x): log p(x|z) − KL for k = 1, the IW bound for k > 1.
@@ -63,7 +70,8 @@ def _sample_with(dist: Distribution, shape: tuple[int, ...], generator: torch.Ge
 
 
 class _LatentVariableModel(nn.Module):
-    """The shared implementation of :class:`VAE` and :class:`CVAE` (not a public base class)."""
+    """The shared implementation of :class:`VAE` and :class:`CVAE` (not a base class to inherit:
+    the contract is :class:`genvae.protocols.LatentVariableModel`)."""
 
     label_required = False
 
@@ -75,6 +83,8 @@ class _LatentVariableModel(nn.Module):
         self.encoder, self.decoder, self.likelihood, self.prior = encoder, decoder, likelihood, prior
         shape = getattr(encoder, "data_shape", None) or getattr(decoder, "data_shape", None)
         self.data_shape: tuple[int, ...] | None = tuple(shape) if shape is not None else None
+        if self.data_shape is not None:
+            _fit_likelihood(likelihood, self.data_shape)
         found = [getattr(m, "num_classes", None) for m in (prior, encoder, decoder)]
         self.num_classes: int | None = next((n for n in found if n is not None), None)
         if self.label_required and self.num_classes is None:
@@ -82,9 +92,22 @@ class _LatentVariableModel(nn.Module):
                 f"expected a conditional part (num_classes set on the encoder, decoder or prior) "
                 f"for {type(self).__name__}, got none"
             )
-        # Value checks (finite, in the likelihood's support, labels in range) read tensors back to
-        # the host; the trainer checks the data set once and switches them off in the hot loop.
-        self.validate_args = True
+        self.validating = True
+
+    @contextmanager
+    def validate_args(self, enabled: bool = True) -> Iterator[None]:
+        """Within the block, check (``True``) or skip (``False``) the input's values.
+
+        The value checks (finite, in the likelihood's support, labels in range) read tensors back to
+        the host; shapes and dtypes are always checked. The previous state is restored on exit.
+        ``fit`` checks the data once and trains inside ``validate_args(False)``.
+        """
+        previous = self.validating
+        self.validating = bool(enabled)
+        try:
+            yield
+        finally:
+            self.validating = previous
 
     # ------------------------------------------------------------------ checks
     def _check(self, x: Tensor, y: Tensor | None, name: str = "x") -> None:
@@ -93,8 +116,8 @@ class _LatentVariableModel(nn.Module):
             if self.label_required:
                 raise ValueError(f"expected a label tensor y of shape ({x.shape[0]},) for a CVAE, got None")
         else:
-            check_labels(y, x.shape[0], self.num_classes, values=self.validate_args)
-        if self.validate_args:
+            check_labels(y, x.shape[0], self.num_classes, values=self.validating)
+        if self.validating:
             if not bool(torch.isfinite(x).all()):
                 raise ValueError(f"expected finite values in {name}, got NaN or inf")
             support = getattr(self.likelihood, "support", None)
@@ -125,50 +148,64 @@ class _LatentVariableModel(nn.Module):
             )
         return self.likelihood(self.decoder(z, y))
 
-    # ------------------------------------------------------------------ bounds
-    def log_weights(
-        self, x: Tensor, y: Tensor | None = None, *, k: int, beta: float = 1.0
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Importance terms for ``k`` draws z_k ~ q(z | x).
+    # ------------------------------------------------------------------ terms and bounds
+    def terms(self, x: Tensor, y: Tensor | None = None, *, k: int = 1) -> Terms:
+        """What every objective needs, for ``k`` reparameterised draws z ~ q(z | x[, y]) per example.
+
+        Args:
+            x: ``(B, *data_shape)``.
+            y: ``(B,)`` labels where the model uses them.
+            k: draws per example. The decoder runs over them in chunks of at most
+                :data:`IW_CHUNK_ELEMENTS` output values (recomputed in the backward pass when
+                gradients are on), so a large k runs in bounded memory with the same draws.
 
         Returns:
-            ``(log p(x|z_k), log q(z_k|x), log p(z_k))``, each ``(k, B)``. The log importance weight
-            is ``log_px + β·(log_pz − log_qz)``; ``iw_nll`` accumulates these in chunks of k.
+            :class:`~genvae.terms.Terms`: log p(x | z) ``(k, B)`` and one layer (q, p(z[|y]), z ``(k, B, D)``).
         """
         self._check(x, y)
         q = self.encoder(x, y)
         z = q.rsample((positive_int("k", k),))  # (k, B, D)
-        log_px = self.likelihood(self.decoder(z, y)).log_prob(x)  # (k, B)
-        return log_px, q.log_prob(z), self.prior(y).log_prob(z)
+        chunk = max(1, IW_CHUNK_ELEMENTS // max(1, x.numel()))
+        if k <= chunk:
+            log_px = self._log_likelihood(z, x, y)  # (k, B)
+        else:
+            parts = [z[i : i + chunk] for i in range(0, k, chunk)]
+            if torch.is_grad_enabled():
+                log_px = torch.cat([checkpoint(self._log_likelihood, p, x, y, use_reentrant=False) for p in parts])
+            else:
+                log_px = torch.cat([self._log_likelihood(p, x, y) for p in parts])
+        return Terms(log_px, (LatentLayer(q, self.prior(y), z),))
 
-    def elbo(self, x: Tensor, y: Tensor | None = None, *, beta: float = 1.0, k: int = 1) -> ELBO:
+    def _log_likelihood(self, z: Tensor, x: Tensor, y: Tensor | None) -> Tensor:
+        """log p(x | z) ``(k, B)`` for ``z (k, B, D)``; the likelihood's event shape must be x's."""
+        px = self.likelihood(self.decoder(z, y))
+        if tuple(px.event_shape) != tuple(x.shape[1:]):
+            raise ValueError(
+                f"expected the likelihood's event shape to be the data shape {tuple(x.shape[1:])}, got "
+                f"{tuple(px.event_shape)} from {type(self.likelihood).__name__}; its log_prob would sum over "
+                "the wrong dimensions"
+            )
+        return px.log_prob(x)
+
+    def elbo(self, x: Tensor, y: Tensor | None = None, *, beta: float = 1.0, k: int = 1) -> ELBOOutput:
         """The ELBO terms for a batch ``x (B, *data_shape)`` (``y (B,)`` labels where used).
+
+        The :class:`~genvae.objectives.ELBO` objective on :meth:`terms` (the
+        :class:`~genvae.objectives.IWAE` bound for ``k > 1``).
 
         Args:
             beta: weight of the KL in ``loss`` (β-VAE, https://openreview.net/forum?id=Sy2fzU9gl);
                 ``elbo`` is always the β = 1 bound.
             k: number of importance samples; ``k = 1`` is the standard single-sample ELBO.
         """
-        if positive_int("k", k) > 1:
-            log_px, log_qz, log_pz = self.log_weights(x, y, k=k)
-            log_k = math.log(k)
-            bound = torch.logsumexp(log_px + log_pz - log_qz, 0) - log_k  # (B,)
-            weighted = torch.logsumexp(log_px + beta * (log_pz - log_qz), 0) - log_k
-            return ELBO(bound, log_px.mean(0), (log_qz - log_pz).mean(0), -weighted.mean())
-        self._check(x, y)
-        q = self.encoder(x, y)
-        z = q.rsample()  # (B, D)
-        log_px = self.likelihood(self.decoder(z, y)).log_prob(x)  # (B,)
-        p = self.prior(y)
-        try:
-            kl = _closed_form_kl(q, p)  # (B,)
-        except NotImplementedError:  # mixture priors: single-sample estimate on the same z
-            kl = q.log_prob(z) - p.log_prob(z)
-        return ELBO(log_px - kl, log_px, kl, -(log_px - beta * kl).mean())
+        objective = ELBO(beta) if positive_int("k", k) == 1 else IWAE(k, beta=beta)
+        terms = self.terms(x, y, k=k)
+        value = objective(terms)
+        return ELBOOutput(value.bound, terms.log_likelihood.mean(0), terms.kl().mean(0), value.loss)
 
-    def forward(self, x: Tensor, y: Tensor | None = None, *, beta: float = 1.0, k: int = 1) -> ELBO:
-        """Same as :meth:`elbo` (so that wrappers such as DDP see the computation)."""
-        return self.elbo(x, y, beta=beta, k=k)
+    def forward(self, x: Tensor, y: Tensor | None = None, *, k: int = 1) -> Terms:
+        """Same as :meth:`terms` (so that wrappers such as DDP see the computation)."""
+        return self.terms(x, y, k=k)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -226,6 +263,18 @@ class _LatentVariableModel(nn.Module):
             if getattr(part, "latent_dim", None) is not None:
                 return int(part.latent_dim)
         return None
+
+
+def _fit_likelihood(likelihood: Likelihood, data_shape: tuple[int, ...]) -> None:
+    """Give ``likelihood`` the number of data dimensions, or refuse one that disagrees."""
+    dims = getattr(likelihood, "event_dims", "absent")
+    if dims is None:
+        likelihood.event_dims = len(data_shape)  # type: ignore[attr-defined]
+    elif dims != "absent" and dims != len(data_shape):
+        raise ValueError(
+            f"expected likelihood event_dims={len(data_shape)} for data of shape {data_shape}, got "
+            f"{type(likelihood).__name__}(event_dims={dims}); leave event_dims unset and the model sets it"
+        )
 
 
 class VAE(_LatentVariableModel):

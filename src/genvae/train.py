@@ -1,6 +1,7 @@
-"""Training: ``fit`` runs Adam (or any optimizer) on the negative ELBO, with checkpoints that resume
-bit-identically, a NaN guard, optional ``torch.compile``/autocast, and DistributedDataParallel when
-started under ``torchrun``.
+"""Training: ``fit`` runs Adam (or any optimizer) on an objective (the negative ELBO by default),
+with checkpoints that resume bit-identically, a NaN guard, optional ``torch.compile``/autocast, and
+DistributedDataParallel when started under ``torchrun``. Every engine wraps the one step of
+:mod:`genvae.step`.
 
 The hot loop does one gather per batch from a device-resident data set, one fused forward/backward
 and one optimizer step; the loss is accumulated on the device and read back to the host only once
@@ -14,8 +15,9 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -32,7 +34,10 @@ from ._step import CompiledAdamStep, compiles_whole
 from .data import BatchLoader, ImageDataset
 from .io import save
 from .metrics.likelihood import evaluate_elbo
-from .models import _LatentVariableModel
+from .objectives import ELBO, Objective
+from .protocols import LatentVariableModel
+from .schedules import LinearWarmup, as_schedule
+from .step import objective_loss, train_step
 
 __all__ = ["EpochStats", "FitResult", "fit", "resolve_device"]
 
@@ -46,9 +51,9 @@ HISTORY_FILE = "history.json"
 class EpochStats:
     """One epoch of training, in nats per image (−ELBO summed over pixels, averaged over images).
 
-    ``train_loss`` is the running mean of the β-weighted training objective over the epoch; the
+    ``train_loss`` is the running mean of the training objective's loss over the epoch; the
     ``test_*`` fields are the single-sample ELBO terms on the test set after the epoch (None
-    without a test set).
+    without a test set); ``metrics`` holds the values of ``fit(metrics=…)`` after the epoch.
     """
 
     epoch: int
@@ -58,6 +63,7 @@ class EpochStats:
     test_log_likelihood: float | None
     seconds: float
     images_per_second: float
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,11 +121,12 @@ def _set_rng_state(state: dict, device: torch.device, loader: BatchLoader) -> No
 
 
 def fit(
-    model: _LatentVariableModel,
+    model: LatentVariableModel,
     train: ImageDataset,
     *,
     epochs: int,
     test: ImageDataset | None = None,
+    objective: Objective | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,
     beta: float = 1.0,
@@ -133,23 +140,29 @@ def fit(
     out: str | os.PathLike[str] | None = None,
     resume: bool = False,
     callbacks: Sequence[Callable[[EpochStats, nn.Module], None]] = (),
+    metrics: Mapping[str, Callable[[LatentVariableModel], float]] | None = None,
     optimizer: Callable[[Iterable[nn.Parameter]], Optimizer] | None = None,
     scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
     log_every: int = 50,
     progress: bool | None = None,
 ) -> FitResult:
-    """Train ``model`` on ``train`` by minimising the negative ELBO.
+    """Train ``model`` on ``train`` by minimising ``objective``'s loss (the negative ELBO by default).
 
     Args:
-        model: a :class:`~genvae.VAE` or :class:`~genvae.CVAE` (labels are passed when the model is
+        model: a :class:`~genvae.VAE`, :class:`~genvae.CVAE` or any
+            :class:`~genvae.protocols.LatentVariableModel` (labels are passed when the model is
             conditional).
         train: the training set; it is moved to ``device`` once, whole.
         epochs: total number of epochs (a resumed run continues up to this number).
         test: evaluated after every epoch (single-sample ELBO with a fixed seed).
+        objective: the training objective, e.g. :class:`~genvae.objectives.IWAE` ``(k=5)``; by
+            default :class:`~genvae.objectives.ELBO` with ``beta`` and ``kl_warmup_epochs``. Its
+            β schedule counts optimizer steps from 1, across epochs and resumes.
         batch_size: images per step.
         lr: learning rate of the default optimizer, Adam (fused where the device supports it).
-        beta: KL weight (β-VAE).
-        kl_warmup_epochs: β rises linearly from 0 to ``beta`` over this many epochs, step by step.
+        beta: KL weight (β-VAE) of the default objective.
+        kl_warmup_epochs: the default objective's β rises linearly from 0 to ``beta`` over this
+            many epochs, step by step (a :class:`~genvae.schedules.LinearWarmup`).
         grad_clip: clip the global gradient norm to this value.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: seeds the parameters' noise draws and the batch order.
@@ -161,8 +174,7 @@ def fit(
             decay are read at every step, and the last, smaller batch of an epoch takes the eager
             step. Elsewhere, and for models with convolutions or with parameters shared between
             parts (a VampPrior reuses the encoder), the loss is compiled and autograd and the
-            optimizer run as usual; each such fit starts with ``torch.compiler.reset()``, so that
-            the compiled losses of earlier fits do not exhaust dynamo's recompile limit.
+            optimizer run as usual.
         amp: bfloat16 autocast for the forward pass (on a CPU it pays with ``compile``, which
             fuses the casts into the neighbouring kernels).
         cuda_graph: on a CUDA device, capture the whole step (loss, backward, optimizer step) as
@@ -177,6 +189,9 @@ def fit(
         resume: continue from ``out/checkpoint.pt``; the weights then match an uninterrupted run
             bit for bit on the CPU.
         callbacks: called as ``callback(stats, model)`` after every epoch (rank 0 only).
+        metrics: ``{name: fn}``; after every epoch ``fn(model)`` (in eval mode, rank 0 only) gives a
+            number recorded in ``EpochStats.metrics`` and ``history.json``, e.g.
+            ``{"iw_nll": lambda m: evaluate_iw_nll(m, test, k=100)}``.
         optimizer: factory ``params -> Optimizer`` replacing Adam.
         scheduler: factory ``optimizer -> LRScheduler``, stepped once per epoch.
         log_every: steps between host reads of the running loss (progress bar and NaN check).
@@ -194,10 +209,19 @@ def fit(
     positive_int("batch_size", batch_size)
     positive_int("log_every", log_every)
     positive_float("lr", lr)
-    if not (isinstance(beta, (int, float)) and beta >= 0):
-        raise ValueError(f"expected beta >= 0, got {beta!r}")
-    if not (isinstance(kl_warmup_epochs, int) and kl_warmup_epochs >= 0):
+    as_schedule(beta)
+    if isinstance(kl_warmup_epochs, bool) or not (isinstance(kl_warmup_epochs, int) and kl_warmup_epochs >= 0):
         raise ValueError(f"expected kl_warmup_epochs to be an int >= 0, got {kl_warmup_epochs!r}")
+    if objective is not None and (beta != 1.0 or kl_warmup_epochs):
+        raise ValueError(
+            f"expected beta and kl_warmup_epochs at their defaults with an objective (give the objective its "
+            f"β schedule), got beta={beta!r}, kl_warmup_epochs={kl_warmup_epochs!r} and {objective!r}"
+        )
+    if objective is not None and not (callable(objective) and hasattr(objective, "k")):
+        raise TypeError(f"expected objective to be an Objective (callable, with k), got {type(objective).__name__}")
+    for name, fn in (metrics or {}).items():
+        if not (isinstance(name, str) and callable(fn)):
+            raise TypeError(f"expected metrics as {{name: fn(model) -> float}}, got {name!r}: {fn!r}")
     if grad_clip is not None:
         positive_float("grad_clip", grad_clip)
 
@@ -251,6 +275,10 @@ def fit(
         generator=torch.Generator().manual_seed(seed),
     )
     conditional = model.num_classes is not None
+    steps_per_epoch = len(loader)
+    if objective is None:
+        objective = ELBO(LinearWarmup(beta, kl_warmup_epochs * steps_per_epoch) if kl_warmup_epochs else beta)
+    count = torch.zeros((), dtype=torch.int64, device=dev)  # optimizer steps taken; drives β schedules
 
     history: list[EpochStats] = []
     start = 0
@@ -262,6 +290,7 @@ def fit(
             sched.load_state_dict(state["scheduler"])
         history = [EpochStats(**h) for h in state["history"]]
         start = int(state["epoch"])
+        count.fill_(int(state.get("step", start * steps_per_epoch)))
         _set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"], dev, loader)
         log.info("resuming %s at epoch %d", run, start + 1)
 
@@ -269,117 +298,131 @@ def fit(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    def objective(x: torch.Tensor, y: torch.Tensor | None, beta_t: torch.Tensor) -> torch.Tensor:
-        # No autocast weight cache: each weight is cast once per step anyway, and a cache may not
-        # live across CUDA graph replays.
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
-            return net(x, y, beta=beta_t).loss
-
     mode = compile if isinstance(compile, str) else None
     # On a CPU, with the default Adam, the whole step is compiled (see _step.py); elsewhere the loss.
     whole_step = bool(compile) and optimizer is None and dev.type == "cpu" and world == 1 and compiles_whole(model)
-    step_loss = objective
-    if compile and not whole_step:
-        # Each fit compiles its own loss: clear the entries of earlier fits, which would otherwise
-        # count towards dynamo's recompile limit and, past it, silently fall back to eager.
-        torch.compiler.reset()
-        step_loss = torch.compile(objective, mode=mode)
+    loss_fn = torch.compile(_own_copy(objective_loss), mode=mode) if compile and not whole_step else objective_loss
     show = progress if progress is not None else sys.stderr.isatty()
-    steps_per_epoch = len(loader)
-    beta_t = torch.tensor(float(beta), device=dev)
     running = torch.zeros((), device=dev)  # the epoch's summed loss, read back every log_every steps
 
-    def train_step(x: torch.Tensor, y: torch.Tensor | None) -> None:
-        """One optimizer step on ``x (B, *data_shape)``; device work only, no host reads."""
-        loss = step_loss(x, y, beta_t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-        opt.step()
-        running.add_(loss.detach())
+    def eager(x: torch.Tensor, y: torch.Tensor | None) -> None:
+        train_step(net, objective, opt, (x, y), step=count, running=running, amp=amp, grad_clip=grad_clip, loss=loss_fn)
 
-    step_fn: Callable[[torch.Tensor, torch.Tensor | None], None] = train_step
+    step_fn: Callable[[torch.Tensor, torch.Tensor | None], None] = eager
     if cuda_graph:
-        step_fn = GraphedStep(train_step)
+        step_fn = GraphedStep(eager)
     elif whole_step:
         adam = cast(torch.optim.Adam, opt)  # whole_step implies the default optimizer
-        step_fn = CompiledAdamStep(train_step, model, adam, beta_t, running, amp=amp, grad_clip=grad_clip, mode=mode)
+        step_fn = CompiledAdamStep(
+            eager, model, objective, adam, count, running, amp=amp, grad_clip=grad_clip, mode=mode
+        )
 
     # The data are checked once here, so the per-step value checks (host reads) can be skipped.
     x0, y0 = train.float_images()[:1024].to(dev), train.labels[:1024].to(dev)
-    model.validate_args = True
-    model._check(x0, y0 if conditional else None)
-    model.validate_args = False
+    devices = [dev.index or 0] if dev.type == "cuda" else []
+    with model.validate_args(True), torch.no_grad(), torch.random.fork_rng(devices=devices):
+        model.terms(x0, y0 if conditional else None)  # values, labels and the likelihood's event shape
     try:
-        for epoch in range(start, epochs):
-            model.train()
-            running.zero_()
-            seen, t0 = 0, time.perf_counter()
-            bar = tqdm(
-                loader,
-                total=steps_per_epoch,
-                desc=f"epoch {epoch + 1}/{epochs}",
-                disable=not show or rank != 0,
-                leave=False,
-            )
-            for step, (x, y) in enumerate(bar, start=1):
-                if kl_warmup_epochs:
-                    beta_t.fill_(beta * min(1.0, (epoch + step / steps_per_epoch) / kl_warmup_epochs))
-                step_fn(x, y if conditional else None)
-                seen += x.shape[0]
-                if step % log_every == 0 or step == steps_per_epoch:
-                    mean = float(running) / step
-                    if not math.isfinite(mean):
-                        raise FloatingPointError(
-                            f"loss is {mean} at epoch {epoch + 1}, step {step} (checked every {log_every} steps); "
-                            + (
-                                f"the last good checkpoint is {str(ckpt_path)!r}"
-                                if ckpt_path
-                                else "no checkpoint was kept"
+        with model.validate_args(False):
+            for epoch in range(start, epochs):
+                model.train()
+                running.zero_()
+                seen, t0 = 0, time.perf_counter()
+                bar = tqdm(
+                    loader,
+                    total=steps_per_epoch,
+                    desc=f"epoch {epoch + 1}/{epochs}",
+                    disable=not show or rank != 0,
+                    leave=False,
+                )
+                for step, (x, y) in enumerate(bar, start=1):
+                    step_fn(x, y if conditional else None)
+                    seen += x.shape[0]
+                    if step % log_every == 0 or step == steps_per_epoch:
+                        mean = float(running) / step
+                        if not math.isfinite(mean):
+                            raise FloatingPointError(
+                                f"loss is {mean} at epoch {epoch + 1}, step {step} (checked every {log_every} "
+                                "steps); "
+                                + (
+                                    f"the last good checkpoint is {str(ckpt_path)!r}"
+                                    if ckpt_path
+                                    else "no checkpoint was kept"
+                                )
                             )
-                        )
-                    bar.set_postfix(loss=f"{mean:.2f}")
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            seconds = time.perf_counter() - t0
-            train_loss = float(running) / steps_per_epoch
-            if sched is not None:
-                sched.step()
-            summary = evaluate_elbo(model, test, seed=seed) if test is not None and rank == 0 else None
-            stats = EpochStats(
-                epoch=epoch + 1,
-                train_loss=train_loss,
-                test_loss=summary.loss if summary else None,
-                test_kl=summary.kl if summary else None,
-                test_log_likelihood=summary.log_likelihood if summary else None,
-                seconds=seconds,
-                images_per_second=seen * world / seconds,
-            )
-            history.append(stats)
-            rng = _rng_state(dev, loader)
-            if world > 1:
-                gathered: list[object] = [None] * world
-                dist.all_gather_object(gathered, rng)
-                rng = gathered  # type: ignore[assignment]
-            if rank == 0:
-                log.info("epoch %d: %s", epoch + 1, stats)
-                if run is not None:
-                    _write_checkpoint(run, model, opt, sched, rng, epoch + 1, history)
-                for callback in callbacks:
-                    callback(stats, model)
+                        bar.set_postfix(loss=f"{mean:.2f}")
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                seconds = time.perf_counter() - t0
+                train_loss = float(running) / steps_per_epoch
+                if sched is not None:
+                    sched.step()
+                summary = evaluate_elbo(model, test, seed=seed) if test is not None and rank == 0 else None
+                stats = EpochStats(
+                    epoch=epoch + 1,
+                    train_loss=train_loss,
+                    test_loss=summary.loss if summary else None,
+                    test_kl=summary.kl if summary else None,
+                    test_log_likelihood=summary.log_likelihood if summary else None,
+                    seconds=seconds,
+                    images_per_second=seen * world / seconds,
+                    metrics=_epoch_metrics(model, metrics) if rank == 0 else {},
+                )
+                history.append(stats)
+                rng = _rng_state(dev, loader)
+                if world > 1:
+                    gathered: list[object] = [None] * world
+                    dist.all_gather_object(gathered, rng)
+                    rng = gathered  # type: ignore[assignment]
+                if rank == 0:
+                    log.info("epoch %d: %s", epoch + 1, stats)
+                    if run is not None:
+                        _write_checkpoint(run, model, opt, sched, rng, epoch + 1, int(count), history)
+                    for callback in callbacks:
+                        callback(stats, model)
     finally:
-        model.validate_args = True
         if created_group:
             dist.destroy_process_group()
     return FitResult(history, run)
 
 
+def _own_copy(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fn`` with a code object of its own.
+
+    Dynamo keeps its compiled entries per code object and stops compiling a function after
+    ``recompile_limit`` entries, silently running it eagerly from then on. Each fit compiles its own
+    copy of the loss, so that earlier fits (of other architectures or objectives) neither use up
+    this fit's entries nor need ``torch.compiler.reset()``, which would clear every compiled
+    function of the user's process.
+    """
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy
+
+
+def _epoch_metrics(
+    model: LatentVariableModel, metrics: Mapping[str, Callable[[LatentVariableModel], float]] | None
+) -> dict[str, float]:
+    """``{name: float(fn(model))}`` in eval mode, with the global random state left as it was."""
+    if not metrics:
+        return {}
+    device = next(model.parameters()).device  # type: ignore[attr-defined]
+    was_training = model.training  # type: ignore[attr-defined]
+    model.eval()  # type: ignore[attr-defined]
+    try:
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), model.validate_args(True):
+            return {name: float(fn(model)) for name, fn in metrics.items()}
+    finally:
+        model.train(was_training)  # type: ignore[attr-defined]
+
+
 def _write_checkpoint(
-    run: Path, model: nn.Module, opt: Optimizer, sched, rng, epoch: int, history: list[EpochStats]
+    run: Path, model: nn.Module, opt: Optimizer, sched, rng, epoch: int, step: int, history: list[EpochStats]
 ) -> None:
     """Write checkpoint.pt, model.safetensors and history.json, each atomically."""
     state = {
+        "step": step,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict() if sched is not None else None,

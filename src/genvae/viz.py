@@ -20,7 +20,7 @@ from torchvision.utils import make_grid  # noqa: E402
 
 from ._files import atomic_path  # noqa: E402
 from .data import ImageDataset  # noqa: E402
-from .models import _LatentVariableModel  # noqa: E402
+from .protocols import LatentVariableModel  # noqa: E402
 
 __all__ = [
     "embed_latents",
@@ -127,7 +127,7 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def save_traversal(
-    model: _LatentVariableModel,
+    model: LatentVariableModel,
     path: str | os.PathLike[str],
     *,
     dims: Sequence[int] | None = None,
@@ -198,7 +198,7 @@ def save_manifold(
 
 @torch.no_grad()
 def embed_latents(
-    model: _LatentVariableModel, data: ImageDataset, *, n: int = 5000, method: str = "auto", seed: int = 0
+    model: LatentVariableModel, data: ImageDataset, *, n: int = 5000, method: str = "auto", seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """2-D coordinates of the posterior means of the first ``n`` images of ``data`` and their labels.
 
@@ -243,7 +243,7 @@ def embed_latents(
 
 
 def save_latent_scatter(
-    model: _LatentVariableModel,
+    model: LatentVariableModel,
     data: ImageDataset,
     path: str | os.PathLike[str],
     *,

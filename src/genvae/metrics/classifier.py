@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .._checks import positive_int
 from .._files import atomic_path, write_json
 from ..data import BatchLoader, ImageDataset, cache_dir, load_mnist
-from ..models import _LatentVariableModel
+from ..protocols import LatentVariableModel
 
 __all__ = [
     "MIN_ACCURACY",
@@ -149,7 +149,7 @@ def mnist_classifier(*, root: str | Path | None = None, device: str | torch.devi
 
 @torch.no_grad()
 def conditional_accuracy(
-    model: _LatentVariableModel,
+    model: LatentVariableModel,
     classifier: nn.Module,
     *,
     n_per_class: int = 1000,

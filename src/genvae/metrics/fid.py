@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .._checks import positive_int
 from ..data import ImageDataset
-from ..models import _LatentVariableModel
+from ..protocols import LatentVariableModel
 
 __all__ = ["fid", "sample_fid"]
 
@@ -55,7 +55,7 @@ def fid(real: Tensor, fake: Tensor, classifier: nn.Module, *, batch_size: int = 
 
 @torch.no_grad()
 def sample_fid(
-    model: _LatentVariableModel,
+    model: LatentVariableModel,
     data: ImageDataset,
     classifier: nn.Module,
     *,

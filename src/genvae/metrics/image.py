@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-from .._checks import positive_int
-from ..models import _LatentVariableModel
-from .likelihood import Data, _batches
+from ..protocols import LatentVariableModel
+from .likelihood import Data, eval_batches
 
 __all__ = ["ReconstructionMetrics", "mse", "reconstruction_metrics", "ssim"]
 
@@ -63,23 +61,15 @@ class ReconstructionMetrics:
     num_examples: int
 
 
-@torch.no_grad()
-def reconstruction_metrics(model: _LatentVariableModel, data: Data, *, batch_size: int = 1000) -> ReconstructionMetrics:
+def reconstruction_metrics(model: LatentVariableModel, data: Data, *, batch_size: int = 1000) -> ReconstructionMetrics:
     """MSE and SSIM of ``model.reconstruct(x)`` (posterior mean decoded to the likelihood mean) over ``data``.
 
     Reconstructions are clamped to [0, 1] before SSIM only (a Gaussian mean can leave the range).
     """
-    positive_int("batch_size", batch_size)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     total_mse, total_ssim, n = 0.0, 0.0, 0
-    for x, y in _batches(data, batch_size):
-        x = x.to(device)
-        y = y.to(device) if y is not None and model.num_classes is not None else None
+    for x, y in eval_batches(model, data, batch_size=batch_size, seed=None):
         x_hat = model.reconstruct(x, y)
         total_mse += float(mse(x, x_hat).double().sum())
         total_ssim += float(ssim(x, x_hat.clamp(0, 1), reduction="none").double().sum())
         n += x.shape[0]
-    model.train(was_training)
     return ReconstructionMetrics(total_mse / max(n, 1), total_ssim / max(n, 1), n)

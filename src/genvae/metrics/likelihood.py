@@ -14,13 +14,10 @@ from torch import Tensor
 
 from .._checks import positive_int
 from ..data import BatchLoader, ImageDataset
-from ..models import _LatentVariableModel
+from ..objectives import ELBO
+from ..protocols import LatentVariableModel
 
-__all__ = ["ELBOSummary", "evaluate_elbo", "iw_nll", "evaluate_iw_nll"]
-
-#: Upper bound on the elements of the decoder output per IW chunk (k_chunk · B · pixels):
-#: 2**25 float32 values is 128 MiB, so k = 5000 on a batch runs in bounded memory.
-IW_CHUNK_ELEMENTS = 2**25
+__all__ = ["ELBOSummary", "evaluate_elbo", "evaluate_iw_nll", "eval_batches", "iw_nll"]
 
 
 @dataclass(frozen=True)
@@ -56,12 +53,30 @@ def _batches(data: Data, batch_size: int) -> Iterator[tuple[Tensor, Tensor | Non
     yield from data
 
 
-def _labels_for(model: _LatentVariableModel, y: Tensor | None) -> Tensor | None:
-    return y if model.num_classes is not None else None
+def eval_batches(
+    model: LatentVariableModel, data: Data, *, batch_size: int, seed: int | None = 0
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """The one evaluation loop: ``(x, y)`` batches on the model's device, in order, with the model
+    in eval mode, gradients off and, for ``seed`` not None, the random draws seeded from ``seed``
+    (the global random state is restored afterwards, so two evaluations agree exactly and training
+    is not disturbed). ``y`` is None for an unconditional model.
+    """
+    positive_int("batch_size", batch_size)
+    device = next(model.parameters()).device  # type: ignore[attr-defined]
+    was_training = model.training  # type: ignore[attr-defined]
+    devices = [device.index or 0] if device.type == "cuda" else []
+    model.eval()  # type: ignore[attr-defined]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for x, y in _batches(data, batch_size):
+                yield x.to(device), None if y is None or model.num_classes is None else y.to(device)
+    finally:
+        model.train(was_training)  # type: ignore[attr-defined]
 
 
-@torch.no_grad()
-def evaluate_elbo(model: _LatentVariableModel, data: Data, *, batch_size: int = 1000, seed: int = 0) -> ELBOSummary:
+def evaluate_elbo(model: LatentVariableModel, data: Data, *, batch_size: int = 1000, seed: int = 0) -> ELBOSummary:
     """Mean single-sample ELBO terms of ``model`` over ``data``.
 
     Args:
@@ -72,73 +87,58 @@ def evaluate_elbo(model: _LatentVariableModel, data: Data, *, batch_size: int = 
         seed: the posterior draws come from this seed (the global RNG is left as it was), so that
             two evaluations of the same model agree exactly.
     """
-    positive_int("batch_size", batch_size)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    n = 0
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for x, y in _batches(data, batch_size):
-            x = x.to(device)
-            y = None if y is None else y.to(device)
-            out = model.elbo(x, _labels_for(model, y))
-            sums += torch.stack([-out.elbo.sum(), out.kl.sum(), out.log_likelihood.sum()]).double()
-            n += x.shape[0]
-    model.train(was_training)
-    loss, kl, ll = (sums / max(n, 1)).tolist()
-    return ELBOSummary(loss, kl, ll, n)
+    sums, n = None, 0
+    objective = ELBO()
+    for x, y in eval_batches(model, data, batch_size=batch_size, seed=seed):
+        terms = model.terms(x, y)
+        bound, kl = objective(terms).bound, terms.kl().mean(0)  # (B,) each
+        batch = torch.stack([-bound.sum(), kl.sum(), terms.log_likelihood.mean(0).sum()]).double()
+        sums = batch if sums is None else sums + batch
+        n += x.shape[0]
+    loss, kl_mean, ll = (sums / max(n, 1)).tolist() if sums is not None else (0.0, 0.0, 0.0)
+    return ELBOSummary(loss, kl_mean, ll, n)
 
 
 @torch.no_grad()
 def iw_nll(
-    model: _LatentVariableModel, x: Tensor, k: int, *, y: Tensor | None = None, chunk: int | None = None
+    model: LatentVariableModel, x: Tensor, k: int, *, y: Tensor | None = None, chunk: int | None = None
 ) -> Tensor:
     """Importance-weighted estimate of −log p(x) with ``k`` samples, per example.
 
     −log 1/k Σ_i p(x, z_i) / q(z_i | x), z_i ~ q(z | x): an upper bound on the NLL in expectation
-    that tightens as k grows (Burda et al., 2015). The k draws are taken in chunks and combined with
-    a running log-sum-exp, so memory does not grow with k.
+    that tightens as k grows (Burda et al., 2015). The k draws are taken in chunks of the model's
+    :meth:`terms` and combined with a running log-sum-exp in float64, so memory does not grow with k.
 
     Args:
         x: ``(B, *data_shape)``.
         k: number of importance samples (e.g. 5000).
         y: labels ``(B,)`` for a conditional model.
-        chunk: samples per pass; by default as many as fit in :data:`IW_CHUNK_ELEMENTS`.
+        chunk: samples per pass; by default as many as fit in
+            :data:`genvae.models.IW_CHUNK_ELEMENTS` decoder outputs.
 
     Returns:
         ``(B,)`` nats.
     """
+    from ..models import IW_CHUNK_ELEMENTS
+
     positive_int("k", k)
     if chunk is None:
-        chunk = max(1, IW_CHUNK_ELEMENTS // max(1, x[0].numel() * x.shape[0]))
+        chunk = max(1, IW_CHUNK_ELEMENTS // max(1, x.numel()))
+    y = y if model.num_classes is not None else None
     running = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
     done = 0
     while done < k:
         m = min(positive_int("chunk", chunk), k - done)
-        log_px, log_qz, log_pz = model.log_weights(x, _labels_for(model, y), k=m)
-        chunk_lse = torch.logsumexp((log_px + log_pz - log_qz).double(), 0)  # (B,)
-        running = torch.logaddexp(running, chunk_lse)
+        log_w = model.terms(x, y, k=m).log_weights()  # (m, B)
+        running = torch.logaddexp(running, torch.logsumexp(log_w.double(), 0))
         done += m
     return -(running - math.log(k)).to(x.dtype)
 
 
-@torch.no_grad()
-def evaluate_iw_nll(model: _LatentVariableModel, data: Data, k: int, *, batch_size: int = 100, seed: int = 0) -> float:
+def evaluate_iw_nll(model: LatentVariableModel, data: Data, k: int, *, batch_size: int = 100, seed: int = 0) -> float:
     """Mean of :func:`iw_nll` over a data set (nats per example); arguments as :func:`evaluate_elbo`."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     total, n = 0.0, 0
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for x, y in _batches(data, batch_size):
-            x = x.to(device)
-            y = None if y is None else y.to(device)
-            total += float(iw_nll(model, x, k, y=y).double().sum())
-            n += x.shape[0]
-    model.train(was_training)
+    for x, y in eval_batches(model, data, batch_size=batch_size, seed=seed):
+        total += float(iw_nll(model, x, k, y=y).double().sum())
+        n += x.shape[0]
     return total / max(n, 1)

@@ -1,0 +1,75 @@
+"""What a model hands an objective: log p(x | z) for k draws, and each stochastic layer's parts.
+
+    terms = model.terms(x, y, k=k)
+    terms.log_likelihood                 (k, B)   log p(x | z_k)
+    terms.layers[l].posterior            q(z_l | …), batch (B,) (or (k, B) below the top of a hierarchy)
+    terms.layers[l].prior                p(z_l | …), batch (), (B,) or (k, B)
+    terms.layers[l].z                    (k, B, D_l), the draws that were decoded
+
+Objectives (:mod:`genvae.objectives`) read nothing else, so a model with more layers, or another
+posterior, plugs into every objective unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+from torch.distributions import Distribution
+
+from .kl import kl_on_draws, kl_per_dim
+
+__all__ = ["LatentLayer", "Terms"]
+
+
+@dataclass(frozen=True)
+class LatentLayer:
+    """One stochastic layer: the posterior, the prior and the ``k`` reparameterised draws.
+
+    Attributes:
+        posterior: q(z | …), event ``(D,)``.
+        prior: p(z | …), event ``(D,)``.
+        z: ``(k, B, D)`` draws from ``posterior``.
+    """
+
+    posterior: Distribution
+    prior: Distribution
+    z: Tensor
+
+    def kl(self) -> Tensor:
+        """``(k, B)``: KL(q ‖ p) in closed form where torch registers one, else log q(z) − log p(z)."""
+        return kl_on_draws(self.posterior, self.prior, self.z)
+
+    def kl_per_dim(self) -> Tensor:
+        """``(k, B, D)``: the KL per latent dimension (factorised posterior and prior only)."""
+        return kl_per_dim(self.posterior, self.prior, self.z)
+
+    def log_ratio(self) -> Tensor:
+        """``(k, B)``: log p(z) − log q(z) at the draws, this layer's share of the log importance weight."""
+        return self.prior.log_prob(self.z) - self.posterior.log_prob(self.z)
+
+
+@dataclass(frozen=True)
+class Terms:
+    """Everything an objective needs from one batch, for ``k`` draws per example.
+
+    Attributes:
+        log_likelihood: ``(k, B)`` log p(x | z) in nats, summed over the data dimensions.
+        layers: the stochastic layers, top first (one for :class:`~genvae.VAE`).
+    """
+
+    log_likelihood: Tensor
+    layers: tuple[LatentLayer, ...]
+
+    @property
+    def k(self) -> int:
+        """Draws per example."""
+        return self.log_likelihood.shape[0]
+
+    def kl(self) -> Tensor:
+        """``(k, B)``: the KL summed over layers (each as :meth:`LatentLayer.kl`)."""
+        return sum((layer.kl() for layer in self.layers), start=self.log_likelihood.new_zeros(()))
+
+    def log_weights(self) -> Tensor:
+        """``(k, B)``: log p(x, z) − log q(z | x), the log importance weights."""
+        return self.log_likelihood + sum(layer.log_ratio() for layer in self.layers)
