@@ -8,6 +8,19 @@ from typing import NamedTuple
 import pytest
 import torch
 
+from genvae import ELBO, IWAE, STL, DReG, FreeBits
+from genvae.schedules import Cyclical, LinearWarmup
+
+#: One of each objective, with β schedules that move within a short test run: every engine must
+#: train each of them as the eager step does.
+OBJECTIVES = {
+    "elbo-warmup": lambda: ELBO(LinearWarmup(0.5, steps=3)),
+    "iwae": lambda: IWAE(3),
+    "dreg": lambda: DReG(3),
+    "stl": lambda: STL(),
+    "free-bits-cyclical": lambda: FreeBits(0.1, beta=Cyclical(1.0, period=4)),
+}
+
 BARS_SHAPE = (1, 12, 12)
 BARS_CLASSES = 10
 

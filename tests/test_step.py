@@ -7,15 +7,15 @@ import copy
 import pytest
 import torch
 import torch._inductor.config as inductor_config
+from conftest import OBJECTIVES
 from torch.distributions import Independent, Normal
 
-from genvae import CVAE, ELBO, IWAE, STL, VAE, DReG, FreeBits
+from genvae import CVAE, ELBO, VAE
 from genvae._step import CompiledAdamStep, compiles_whole
 from genvae.data import synthetic_digits
 from genvae.likelihoods import Bernoulli
 from genvae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from genvae.priors import ConditionalNormal, StandardNormal, VampPrior
-from genvae.schedules import Cyclical, LinearWarmup
 from genvae.train import fit
 
 SHAPE = (1, 28, 28)
@@ -57,15 +57,6 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(torch.float32)
-
-
-OBJECTIVES = {
-    "elbo-warmup": lambda: ELBO(LinearWarmup(0.5, steps=3)),
-    "iwae": lambda: IWAE(3),
-    "dreg": lambda: DReG(3),
-    "stl": lambda: STL(),
-    "free-bits-cyclical": lambda: FreeBits(0.1, beta=Cyclical(1.0, period=2)),
-}
 
 
 @pytest.mark.parametrize(

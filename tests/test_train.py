@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import OBJECTIVES
 
-from genvae import ELBO, IWAE, STL, VAE, DReG, FreeBits, load
+from genvae import ELBO, IWAE, VAE, load
 from genvae.data import BatchLoader, synthetic_digits
 from genvae.likelihoods import Bernoulli
 from genvae.metrics import evaluate_iw_nll
@@ -288,11 +289,14 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("compile", [False, True])
-def test_cuda_graph_trains_like_eager(data, compile):
+@pytest.mark.parametrize(
+    "compile,objective", [(False, "elbo-warmup"), (True, "elbo-warmup")] + [(False, o) for o in OBJECTIVES]
+)
+def test_cuda_graph_trains_like_eager(data, compile, objective):
     """The replayed step is the eager step: same data, same optimizer, only the noise draws differ.
     With 384 images at batch 32 (12 full batches an epoch) the graph replays 9 of the first epoch's
-    steps and all later ones; the test losses after 6 epochs agree to within the noise of z."""
+    steps and all later ones; the test losses after 6 epochs agree to within the noise of z, for
+    every objective (DReG's gradient hook and the β schedule's step counter are captured too)."""
     train, test = data
     runs = {}
     for graph in (False, True):
@@ -307,6 +311,7 @@ def test_cuda_graph_trains_like_eager(data, compile):
             device="cuda",
             cuda_graph=graph,
             compile=compile and graph,
+            objective=OBJECTIVES[objective](),
             progress=False,
         )
         runs[graph] = [h.test_loss for h in result.history]
@@ -394,15 +399,6 @@ def test_cuda_graph_trains_a_cvae(data):
     assert losses[-1] < losses[0] - 20, losses
 
 
-ENGINE_OBJECTIVES = {
-    "elbo-warmup": lambda: ELBO(LinearWarmup(1.0, steps=10)),
-    "iwae": lambda: IWAE(4),
-    "dreg": lambda: DReG(4),
-    "stl": lambda: STL(),
-    "free-bits": lambda: FreeBits(0.2, beta=Cyclical(1.0, period=12)),
-}
-
-
 @pytest.fixture
 def aten_random():
     """Compiled code draws its noise with torch's own generator, so it can match eager."""
@@ -413,7 +409,7 @@ def aten_random():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ENGINE_OBJECTIVES)
+@pytest.mark.parametrize("objective", OBJECTIVES)
 def test_every_engine_trains_every_objective_as_eager(data, aten_random, objective):
     """Eager, the compiled loss (an optimizer factory keeps fit off the whole-step path) and the
     compiled whole CPU step train the same model on the same draws: the losses of every epoch agree
@@ -435,7 +431,7 @@ def test_every_engine_trains_every_objective_as_eager(data, aten_random, objecti
             batch_size=32,
             device="cpu",
             progress=False,
-            objective=ENGINE_OBJECTIVES[objective](),
+            objective=OBJECTIVES[objective](),
             **options,
         ).history
         runs[engine] = [h.train_loss for h in history] + [h.test_loss for h in history]

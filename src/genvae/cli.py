@@ -47,38 +47,25 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
-def _positive(kind: type) -> Any:
+def _number(kind: type, *, zero: bool = False) -> Any:
+    """An argparse type: a finite ``kind`` > 0 (≥ 0 with ``zero``)."""
+    expected = f"a finite {kind.__name__} >= 0" if zero else f"a positive {kind.__name__}"
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ((value >= 0 if zero else value > 0) and value < float("inf")):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
     parse.__name__ = kind.__name__
     return parse
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+def _positive(kind: type) -> Any:
+    return _number(kind)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,11 +91,15 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive(int),
         help=f"draws per image for the objective (default {DEFAULT_IW_K} for iwae/dreg, else 1)",
     )
-    t.add_argument("--free-bits", type=_non_negative, metavar="λ", help="KL floor in nats per latent dimension (elbo)")
-    t.add_argument("--beta", type=_non_negative, help="KL weight β (default 1)")
-    t.add_argument("--warmup-epochs", type=_non_negative_int, help="epochs for β to rise from 0 (linear, cyclical)")
     t.add_argument(
-        "--kl-warmup-epochs", type=_non_negative_int, help="same as --beta-schedule linear --warmup-epochs N"
+        "--free-bits", type=_number(float, zero=True), metavar="λ", help="KL floor in nats per latent dimension (elbo)"
+    )
+    t.add_argument("--beta", type=_number(float, zero=True), help="KL weight β (default 1)")
+    t.add_argument(
+        "--warmup-epochs", type=_number(int, zero=True), help="epochs for β to rise from 0 (linear, cyclical)"
+    )
+    t.add_argument(
+        "--kl-warmup-epochs", type=_number(int, zero=True), help="same as --beta-schedule linear --warmup-epochs N"
     )
     t.add_argument("--grad-clip", type=_positive(float))
     t.add_argument("--seed", type=int)
