@@ -78,6 +78,7 @@ def main() -> None:
             "data": f"MNIST, dynamically binarized (test set binarized once, seed {args.seed})",
             "network": "MLP 784-200-200-50, tanh, Bernoulli likelihood, N(0, I) prior",
             "optimizer": "Adam, lr 1e-3, batch 100",
+            "iw_samples": args.iw_samples,
             "estimator": f"IW bound with K = {args.iw_samples}, nats per image, ± standard error over images",
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
             "command": "python benchmarks/objectives.py "
@@ -105,6 +106,7 @@ def main() -> None:
         eval_seconds = time.perf_counter() - t0
         row = {
             "objective": repr(objectives[name]),
+            "k": objectives[name].k,
             "epochs": args.epochs,
             "test_nll": nll,
             "standard_error": se,

@@ -175,7 +175,9 @@ def kl_per_dim(q: Distribution, p: Distribution, z: Tensor) -> Tensor:
     draws. Summed over the last dim it equals :func:`kl_on_draws`.
 
     Args:
-        q, p, z: as :func:`kl_on_draws`.
+        q: the posterior, as in :func:`kl_on_draws`.
+        p: the prior.
+        z: ``(*S, *batch, D)`` draws from q.
 
     Returns:
         ``(*S, *batch, D)``.

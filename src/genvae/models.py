@@ -242,7 +242,8 @@ class _LatentVariableModel(nn.Module):
         """Decode ``steps`` points on the line between the posterior means of two images.
 
         Args:
-            x0, x1: single images ``(*data_shape)``.
+            x0: the first image, ``(*data_shape)``.
+            x1: the last image, ``(*data_shape)``.
             y: one label (a 0-d or ``(1,)`` tensor) for a conditional model.
 
         Returns:
