@@ -56,8 +56,9 @@ def objectives_section(bench: Path) -> str | None:
         "(2015, table 1), trained some eighty times longer.\n",
         table(rows, list(rows[0])) + "\n",
     ]
-    snr_path = bench / "gradient_snr.json"
-    if snr_path.is_file():
+    for snr_path in (bench / "gradient_snr.json", bench / "gradient_snr_toy.json"):
+        if not snr_path.is_file():
+            continue
         snr = json.loads(snr_path.read_text())
         snr_rows = [
             {
