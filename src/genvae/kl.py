@@ -1,11 +1,11 @@
 """Closed-form KL divergences on raw parameters, and a dispatcher on distributions.
 
 The raw-parameter functions reduce over the last dimension and return the batch shape: for
-parameters of shape ``(*batch, D)`` they return ``(*batch,)``. :func:`kl_divergence` works on
+parameters of shape ``(*batch, D)`` they return ``(*batch,)``. [`kl_divergence`][genvae.kl.kl_divergence] works on
 ``torch.distributions`` objects: it uses torch's KL registry (which genvae extends with
 ``register_kl`` for the standard-normal prior) and falls back to a Monte-Carlo estimate only where
-no closed form is registered and ``mc_samples`` is given. :func:`kl_on_draws` and
-:func:`kl_per_dim` are the one place where a model's KL term is chosen between the closed form and
+no closed form is registered and ``mc_samples`` is given. [`kl_on_draws`][genvae.kl.kl_on_draws] and
+[`kl_per_dim`][genvae.kl.kl_per_dim] are the one place where a model's KL term is chosen between the closed form and
 a Monte-Carlo estimate on the draws the model already made.
 """
 
@@ -82,7 +82,7 @@ class StandardNormalDistribution(Independent):
     """N(0, I) over ``(D,)`` that the KL registry recognises without looking at its values.
 
     It is an ordinary ``Independent(Normal(0, 1), 1)`` (``rsample``, ``log_prob``, ``mean`` all
-    work); the subclass only lets :func:`kl_divergence` use ½ Σ (σ² + μ² − 1 − log σ²) directly.
+    work); the subclass only lets [`kl_divergence`][genvae.kl.kl_divergence] use ½ Σ (σ² + μ² − 1 − log σ²) directly.
 
     Args:
         loc: a zero tensor of shape ``(*batch, D)``; only its shape, dtype and device are used.
@@ -172,10 +172,10 @@ def kl_per_dim(q: Distribution, p: Distribution, z: Tensor) -> Tensor:
     """KL(q ‖ p) per latent dimension, for factorised q and p (``Independent(…, 1)`` of scalars).
 
     Closed form where torch registers one for the factors, else log q_j(z_j) − log p_j(z_j) on the
-    draws. Summed over the last dim it equals :func:`kl_on_draws`.
+    draws. Summed over the last dim it equals [`kl_on_draws`][genvae.kl.kl_on_draws].
 
     Args:
-        q: the posterior, as in :func:`kl_on_draws`.
+        q: the posterior, as in [`kl_on_draws`][genvae.kl.kl_on_draws].
         p: the prior.
         z: ``(*S, *batch, D)`` draws from q.
 

@@ -5,7 +5,7 @@
     p_x = likelihood(decoder(z, y))    p(x | z[, y]), event = data shape
     terms = Terms(p_x.log_prob(x), ((q, prior(y), z),))
 
-``model.terms`` is what every objective (:mod:`genvae.objectives`) consumes; ``model.elbo`` is the
+``model.terms`` is what every objective ([`genvae.objectives`][genvae.objectives]) consumes; ``model.elbo`` is the
 ELBO objective (the importance-weighted bound for ``k > 1``, Burda et al., 2015,
 https://arxiv.org/abs/1509.00519) applied to those terms.
 """
@@ -35,7 +35,7 @@ IW_CHUNK_ELEMENTS = 2**25
 
 @dataclass(frozen=True)
 class ELBOOutput:
-    """Per-example terms of the evidence lower bound, in nats (what :meth:`VAE.elbo` returns).
+    """Per-example terms of the evidence lower bound, in nats (what [`elbo`][genvae.models.VAE.elbo] returns).
 
     Attributes:
         elbo: ``(B,)`` the bound on log p(x): log p(x|z) − KL for k = 1, the IW bound for k > 1.
@@ -70,8 +70,8 @@ def _sample_with(dist: Distribution, shape: tuple[int, ...], generator: torch.Ge
 
 
 class _LatentVariableModel(nn.Module):
-    """The shared implementation of :class:`VAE` and :class:`CVAE` (not a base class to inherit:
-    the contract is :class:`genvae.protocols.LatentVariableModel`)."""
+    """The shared implementation of [`VAE`][genvae.models.VAE] and [`CVAE`][genvae.models.CVAE] (not a base class to inherit:
+    the contract is [`genvae.protocols.LatentVariableModel`][genvae.protocols.LatentVariableModel])."""
 
     label_required = False
 
@@ -156,11 +156,11 @@ class _LatentVariableModel(nn.Module):
             x: ``(B, *data_shape)``.
             y: ``(B,)`` labels where the model uses them.
             k: draws per example. The decoder runs over them in chunks of at most
-                :data:`IW_CHUNK_ELEMENTS` output values (recomputed in the backward pass when
+                [`IW_CHUNK_ELEMENTS`][genvae.models.IW_CHUNK_ELEMENTS] output values (recomputed in the backward pass when
                 gradients are on), so a large k runs in bounded memory with the same draws.
 
         Returns:
-            :class:`~genvae.terms.Terms`: log p(x | z) ``(k, B)`` and one layer (q, p(z[|y]), z ``(k, B, D)``).
+            [`Terms`][genvae.terms.Terms]: log p(x | z) ``(k, B)`` and one layer (q, p(z[|y]), z ``(k, B, D)``).
         """
         self._check(x, y)
         q = self.encoder(x, y)
@@ -190,8 +190,8 @@ class _LatentVariableModel(nn.Module):
     def elbo(self, x: Tensor, y: Tensor | None = None, *, beta: float = 1.0, k: int = 1) -> ELBOOutput:
         """The ELBO terms for a batch ``x (B, *data_shape)`` (``y (B,)`` labels where used).
 
-        The :class:`~genvae.objectives.ELBO` objective on :meth:`terms` (the
-        :class:`~genvae.objectives.IWAE` bound for ``k > 1``).
+        The [`ELBO`][genvae.objectives.ELBO] objective on `terms` (the
+        [`IWAE`][genvae.objectives.IWAE] bound for ``k > 1``).
 
         Args:
             beta: weight of the KL in ``loss`` (β-VAE, https://openreview.net/forum?id=Sy2fzU9gl);
@@ -204,7 +204,7 @@ class _LatentVariableModel(nn.Module):
         return ELBOOutput(value.bound, terms.log_likelihood.mean(0), terms.kl().mean(0), value.loss)
 
     def forward(self, x: Tensor, y: Tensor | None = None, *, k: int = 1) -> Terms:
-        """Same as :meth:`terms` (so that wrappers such as DDP see the computation)."""
+        """Same as `terms` (so that wrappers such as DDP see the computation)."""
         return self.terms(x, y, k=k)
 
     # ------------------------------------------------------------------ generation
@@ -282,7 +282,7 @@ class VAE(_LatentVariableModel):
     """A variational autoencoder (Kingma & Welling, 2014, https://arxiv.org/abs/1312.6114).
 
     Args:
-        encoder: x → q(z | x); see :class:`genvae.protocols.Encoder`.
+        encoder: x → q(z | x); see [`genvae.protocols.Encoder`][genvae.protocols.Encoder].
         decoder: z → likelihood parameters.
         likelihood: parameters → p(x | z).
         prior: p(z).

@@ -1,4 +1,4 @@
-"""Training objectives, the fifth part: each turns a model's :class:`~genvae.terms.Terms` into a
+"""Training objectives, the fifth part: each turns a model's [`Terms`][genvae.terms.Terms] into a
 loss to minimise and a per-example bound on log p(x).
 
     terms = model.terms(x, y, k=objective.k)     log p(x|z) (k, B); per layer (q, p, z)
@@ -16,7 +16,7 @@ objective      loss                                                     referenc
 
 An objective is any callable with an attribute ``k`` (the draws it needs per example) and
 ``__call__(terms, step)``; ``step`` counts optimizer steps from 1 (an int, or a 0-d tensor in a
-compiled step) and drives β schedules (:mod:`genvae.schedules`).
+compiled step) and drives β schedules ([`genvae.schedules`][genvae.schedules]).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _iw_bound(log_w: Tensor) -> Tensor:
 def stop_gradient(d: Distribution) -> Distribution:
     """A copy of ``d`` whose parameters are detached: the same density, no gradient to its parameters.
 
-    Used by :class:`STL` and :class:`DReG`, which keep the path of z = μ + σ·ε to the encoder but
+    Used by [`STL`][genvae.objectives.STL] and [`DReG`][genvae.objectives.DReG], which keep the path of z = μ + σ·ε to the encoder but
     drop the score term ∇ log q(z) of the encoder's parameters.
 
     Raises:
@@ -105,10 +105,10 @@ class ELBO:
 
     ``loss = −mean(log p(x|z) − β·KL)``, averaged over the ``k`` draws and the batch; the KL is in
     closed form where torch registers one, else its estimate on the draws (see
-    :meth:`genvae.terms.LatentLayer.kl`).
+    [`genvae.terms.LatentLayer.kl`][genvae.terms.LatentLayer.kl]).
 
     Args:
-        beta: a number ≥ 0 or a schedule (:class:`~genvae.schedules.LinearWarmup`, …).
+        beta: a number ≥ 0 or a schedule ([`LinearWarmup`][genvae.schedules.LinearWarmup], …).
         k: draws per example (their ELBOs are averaged; k = 1 is the usual estimator).
     """
 
@@ -195,7 +195,7 @@ class DReG:
     draw z_i by a hook, so the decoder runs once.
 
     Args:
-        k: importance samples per example; at k = 1 this is :class:`STL`.
+        k: importance samples per example; at k = 1 this is [`STL`][genvae.objectives.STL].
 
     Raises:
         ValueError: at call, for a model with more than one stochastic layer (the hook would

@@ -59,15 +59,15 @@ class Prior(Protocol):
 
 @runtime_checkable
 class LatentVariableModel(Protocol):
-    """What :func:`~genvae.train.fit`, the metrics, the figures and :func:`~genvae.save`/:func:`~genvae.load`
-    use of a model. :class:`~genvae.VAE` and :class:`~genvae.CVAE` satisfy it; so does any
+    """What [`fit`][genvae.train.fit], the metrics, the figures and [`save`][genvae.save]/[`load`][genvae.load]
+    use of a model. [`VAE`][genvae.VAE] and [`CVAE`][genvae.CVAE] satisfy it; so does any
     ``nn.Module`` with these members, without inheriting from anything.
 
     Attributes:
         data_shape: the shape of one example, e.g. ``(1, 28, 28)`` (None where no part declares it).
         num_classes: the number of labels of a conditional model, else None.
         latent_dim: D of the (top) latent layer, where a part declares it.
-        validating: whether inputs' values are checked (see :meth:`validate_args`).
+        validating: whether inputs' values are checked (see `validate_args`).
     """
 
     data_shape: tuple[int, ...] | None

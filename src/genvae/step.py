@@ -3,11 +3,11 @@ gradient clipping and the optimizer's step.
 
     train_step(model, objective, optimizer, (x, y), step=step, running=running)
 
-Every engine of :func:`~genvae.train.fit` wraps this definition: the eager loop calls it; the
+Every engine of [`fit`][genvae.train.fit] wraps this definition: the eager loop calls it; the
 compiled-loss engine passes ``loss=torch.compile(objective_loss)``; the CUDA-graph engine
-(:class:`genvae._graph.GraphedStep`) captures it; under DistributedDataParallel ``model`` is the
-wrapped module; and the compiled whole CPU step (:class:`genvae._step.CompiledAdamStep`) traces
-:func:`objective_loss` and :func:`clip_scale` with its own fused Adam update.
+(`genvae._graph.GraphedStep`) captures it; under DistributedDataParallel ``model`` is the
+wrapped module; and the compiled whole CPU step (`genvae._step.CompiledAdamStep`) traces
+[`objective_loss`][genvae.step.objective_loss] and [`clip_scale`][genvae.step.clip_scale] with its own fused Adam update.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = ["CLIP_EPS", "Batch", "clip_scale", "objective_loss", "train_step"]
 Batch = tuple[Tensor, Tensor | None]
 """``(x (B, *data_shape), y (B,) or None)``."""
 
-#: Added to the gradient norm before dividing, as :func:`torch.nn.utils.clip_grad_norm_` does.
+#: Added to the gradient norm before dividing, as `torch.nn.utils.clip_grad_norm_` does.
 CLIP_EPS = 1e-6
 
 
@@ -36,7 +36,7 @@ def objective_loss(
     """The scalar loss of ``objective`` on ``model(x, y, k=objective.k)``'s terms.
 
     Args:
-        model: anything that returns :class:`~genvae.terms.Terms` when called as ``model(x, y, k=k)``:
+        model: anything that returns [`Terms`][genvae.terms.Terms] when called as ``model(x, y, k=k)``:
             a model, its DDP wrapper, or a functional call of it.
         step: the optimizer step, from 1 (drives β schedules).
         amp: bfloat16 autocast for the forward pass (no weight cache: each weight is cast once per
@@ -68,7 +68,7 @@ def train_step(
 
     Args:
         model: the model (or its DDP wrapper) whose parameters ``optimizer`` holds.
-        objective: e.g. :class:`~genvae.objectives.IWAE`.
+        objective: e.g. [`IWAE`][genvae.objectives.IWAE].
         optimizer: any torch optimizer.
         batch: ``(x, y)``; ``y`` None for an unconditional model.
         step: ``()`` integer tensor, the optimizer steps taken so far; incremented first, so the
@@ -76,7 +76,7 @@ def train_step(
         running: ``()`` tensor to which the step's loss is added (read back by the caller).
         amp: bfloat16 autocast for the forward pass.
         grad_clip: clip the global gradient norm to this value.
-        loss: the loss function, :func:`objective_loss` or a compiled version of it.
+        loss: the loss function, [`objective_loss`][genvae.step.objective_loss] or a compiled version of it.
     """
     x, y = batch
     step.add_(1)

@@ -6,7 +6,7 @@
     terms.layers[l].prior                p(z_l | …), batch (), (B,) or (k, B)
     terms.layers[l].z                    (k, B, D_l), the draws that were decoded
 
-Objectives (:mod:`genvae.objectives`) read nothing else, so a model with more layers, or another
+Objectives ([`genvae.objectives`][genvae.objectives]) read nothing else, so a model with more layers, or another
 posterior, plugs into every objective unchanged.
 """
 
@@ -55,7 +55,7 @@ class Terms:
 
     Attributes:
         log_likelihood: ``(k, B)`` log p(x | z) in nats, summed over the data dimensions.
-        layers: the stochastic layers, top first (one for :class:`~genvae.VAE`).
+        layers: the stochastic layers, top first (one for [`VAE`][genvae.VAE]).
     """
 
     log_likelihood: Tensor
@@ -67,7 +67,7 @@ class Terms:
         return self.log_likelihood.shape[0]
 
     def kl(self) -> Tensor:
-        """``(k, B)``: the KL summed over layers (each as :meth:`LatentLayer.kl`)."""
+        """``(k, B)``: the KL summed over layers (each as [`kl`][genvae.terms.LatentLayer.kl])."""
         return sum((layer.kl() for layer in self.layers), start=self.log_likelihood.new_zeros(()))
 
     def log_weights(self) -> Tensor:

@@ -1,7 +1,7 @@
 """Training: ``fit`` runs Adam (or any optimizer) on an objective (the negative ELBO by default),
 with checkpoints that resume bit-identically, a NaN guard, optional ``torch.compile``/autocast, and
 DistributedDataParallel when started under ``torchrun``. Every engine wraps the one step of
-:mod:`genvae.step`.
+[`genvae.step`][genvae.step].
 
 The hot loop does one gather per batch from a device-resident data set, one fused forward/backward
 and one optimizer step; the loss is accumulated on the device and read back to the host only once
@@ -68,7 +68,7 @@ class EpochStats:
 
 @dataclass(frozen=True)
 class FitResult:
-    """What :func:`fit` returns: the per-epoch history and the run folder (if any)."""
+    """What [`fit`][genvae.train.fit] returns: the per-epoch history and the run folder (if any)."""
 
     history: list[EpochStats]
     out: Path | None
@@ -149,26 +149,26 @@ def fit(
     """Train ``model`` on ``train`` by minimising ``objective``'s loss (the negative ELBO by default).
 
     Args:
-        model: a :class:`~genvae.VAE`, :class:`~genvae.CVAE` or any
-            :class:`~genvae.protocols.LatentVariableModel` (labels are passed when the model is
+        model: a [`VAE`][genvae.VAE], [`CVAE`][genvae.CVAE] or any
+            [`LatentVariableModel`][genvae.protocols.LatentVariableModel] (labels are passed when the model is
             conditional).
         train: the training set; it is moved to ``device`` once, whole.
         epochs: total number of epochs (a resumed run continues up to this number).
         test: evaluated after every epoch (single-sample ELBO with a fixed seed).
-        objective: the training objective, e.g. :class:`~genvae.objectives.IWAE` ``(k=5)``; by
-            default :class:`~genvae.objectives.ELBO` with ``beta`` and ``kl_warmup_epochs``. Its
+        objective: the training objective, e.g. [`IWAE`][genvae.objectives.IWAE] ``(k=5)``; by
+            default [`ELBO`][genvae.objectives.ELBO] with ``beta`` and ``kl_warmup_epochs``. Its
             β schedule counts optimizer steps from 1, across epochs and resumes.
         batch_size: images per step.
         lr: learning rate of the default optimizer, Adam (fused where the device supports it).
         beta: KL weight (β-VAE) of the default objective.
         kl_warmup_epochs: the default objective's β rises linearly from 0 to ``beta`` over this
-            many epochs, step by step (a :class:`~genvae.schedules.LinearWarmup`).
+            many epochs, step by step (a [`LinearWarmup`][genvae.schedules.LinearWarmup]).
         grad_clip: clip the global gradient norm to this value.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: seeds the parameters' noise draws and the batch order.
         compile: ``torch.compile`` the step; a string picks its mode, e.g. ``"max-autotune"``. On a
             CPU with the default Adam, in one process, the whole step is compiled as one program:
-            gradients by :func:`torch.func.grad_and_value` and torch.optim.Adam's update, on the
+            gradients by `torch.func.grad_and_value` and torch.optim.Adam's update, on the
             optimizer's own state (so checkpoints are unchanged), traced once and compiled by
             inductor without dynamo's per-call guards; the learning rate, betas, ε and weight
             decay are read at every step, and the last, smaller batch of an epoch takes the eager

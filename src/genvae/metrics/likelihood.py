@@ -107,14 +107,14 @@ def iw_nll(
 
     −log 1/k Σ_i p(x, z_i) / q(z_i | x), z_i ~ q(z | x): an upper bound on the NLL in expectation
     that tightens as k grows (Burda et al., 2015). The k draws are taken in chunks of the model's
-    :meth:`terms` and combined with a running log-sum-exp in float64, so memory does not grow with k.
+    `terms` and combined with a running log-sum-exp in float64, so memory does not grow with k.
 
     Args:
         x: ``(B, *data_shape)``.
         k: number of importance samples (e.g. 5000).
         y: labels ``(B,)`` for a conditional model.
         chunk: samples per pass; by default as many as fit in
-            :data:`genvae.models.IW_CHUNK_ELEMENTS` decoder outputs.
+            [`genvae.models.IW_CHUNK_ELEMENTS`][genvae.models.IW_CHUNK_ELEMENTS] decoder outputs.
 
     Returns:
         ``(B,)`` nats.
@@ -136,7 +136,7 @@ def iw_nll(
 
 
 def evaluate_iw_nll(model: LatentVariableModel, data: Data, k: int, *, batch_size: int = 100, seed: int = 0) -> float:
-    """Mean of :func:`iw_nll` over a data set (nats per example); arguments as :func:`evaluate_elbo`."""
+    """Mean of [`iw_nll`][genvae.metrics.likelihood.iw_nll] over a data set (nats per example); arguments as [`evaluate_elbo`][genvae.metrics.likelihood.evaluate_elbo]."""
     total, n = 0.0, 0
     for x, y in eval_batches(model, data, batch_size=batch_size, seed=seed):
         total += float(iw_nll(model, x, k, y=y).double().sum())
