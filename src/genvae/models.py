@@ -70,8 +70,11 @@ def _sample_with(dist: Distribution, shape: tuple[int, ...], generator: torch.Ge
 
 
 class _LatentVariableModel(nn.Module):
-    """The shared implementation of [`VAE`][genvae.models.VAE] and [`CVAE`][genvae.models.CVAE] (not a base class to inherit:
-    the contract is [`genvae.protocols.LatentVariableModel`][genvae.protocols.LatentVariableModel])."""
+    """The shared implementation of [`VAE`][genvae.models.VAE] and [`CVAE`][genvae.models.CVAE].
+
+    Not a base class to inherit: the contract is
+    [`LatentVariableModel`][genvae.protocols.LatentVariableModel].
+    """
 
     label_required = False
 
@@ -156,8 +159,9 @@ class _LatentVariableModel(nn.Module):
             x: ``(B, *data_shape)``.
             y: ``(B,)`` labels where the model uses them.
             k: draws per example. The decoder runs over them in chunks of at most
-                [`IW_CHUNK_ELEMENTS`][genvae.models.IW_CHUNK_ELEMENTS] output values (recomputed in the backward pass when
-                gradients are on), so a large k runs in bounded memory with the same draws.
+                [`IW_CHUNK_ELEMENTS`][genvae.models.IW_CHUNK_ELEMENTS] output values (recomputed in
+                the backward pass when gradients are on), so a large k runs in bounded memory with
+                the same draws.
 
         Returns:
             [`Terms`][genvae.terms.Terms]: log p(x | z) ``(k, B)`` and one layer (q, p(z[|y]), z ``(k, B, D)``).

@@ -78,8 +78,9 @@ def _iw_bound(log_w: Tensor) -> Tensor:
 def stop_gradient(d: Distribution) -> Distribution:
     """A copy of ``d`` whose parameters are detached: the same density, no gradient to its parameters.
 
-    Used by [`STL`][genvae.objectives.STL] and [`DReG`][genvae.objectives.DReG], which keep the path of z = μ + σ·ε to the encoder but
-    drop the score term ∇ log q(z) of the encoder's parameters.
+    Used by [`STL`][genvae.objectives.STL] and [`DReG`][genvae.objectives.DReG], which keep the
+    path of z = μ + σ·ε to the encoder but drop the score term ∇ log q(z) of the encoder's
+    parameters.
 
     Raises:
         ValueError: ``d`` holds its parameters in modules (a flow's transforms), which cannot be

@@ -98,7 +98,10 @@ class Cyclical:
 
 
 def as_schedule(beta: float | Schedule, name: str = "beta") -> Schedule:
-    """A number becomes [`Constant`][genvae.schedules.Constant]; a schedule is returned as it is; anything else is an error."""
+    """A number becomes [`Constant`][genvae.schedules.Constant]; a schedule is returned as it is.
+
+    Anything else is an error that names ``name``.
+    """
     if isinstance(beta, Schedule) and not isinstance(beta, (int, float)):
         return beta
     if isinstance(beta, bool) or not isinstance(beta, (int, float)):

@@ -7,7 +7,8 @@ Every engine of [`fit`][genvae.train.fit] wraps this definition: the eager loop 
 compiled-loss engine passes ``loss=torch.compile(objective_loss)``; the CUDA-graph engine
 (`genvae._graph.GraphedStep`) captures it; under DistributedDataParallel ``model`` is the
 wrapped module; and the compiled whole CPU step (`genvae._step.CompiledAdamStep`) traces
-[`objective_loss`][genvae.step.objective_loss] and [`clip_scale`][genvae.step.clip_scale] with its own fused Adam update.
+[`objective_loss`][genvae.step.objective_loss] and [`clip_scale`][genvae.step.clip_scale] with
+its own fused Adam update.
 """
 
 from __future__ import annotations

@@ -136,7 +136,10 @@ def iw_nll(
 
 
 def evaluate_iw_nll(model: LatentVariableModel, data: Data, k: int, *, batch_size: int = 100, seed: int = 0) -> float:
-    """Mean of [`iw_nll`][genvae.metrics.likelihood.iw_nll] over a data set (nats per example); arguments as [`evaluate_elbo`][genvae.metrics.likelihood.evaluate_elbo]."""
+    """Mean of [`iw_nll`][genvae.metrics.likelihood.iw_nll] over a data set (nats per example).
+
+    Arguments as [`evaluate_elbo`][genvae.metrics.likelihood.evaluate_elbo].
+    """
     total, n = 0.0, 0
     for x, y in eval_batches(model, data, batch_size=batch_size, seed=seed):
         total += float(iw_nll(model, x, k, y=y).double().sum())
