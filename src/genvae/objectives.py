@@ -32,7 +32,7 @@ from torch.distributions import Distribution, TransformedDistribution
 
 from ._checks import positive_int
 from .schedules import Schedule, as_schedule
-from .terms import Terms
+from .terms import Terms, total
 
 __all__ = ["DReG", "ELBO", "FreeBits", "IWAE", "Objective", "ObjectiveValue", "STL"]
 
@@ -150,7 +150,7 @@ class IWAE:
 
     def __call__(self, terms: Terms, step: int | Tensor = 1) -> ObjectiveValue:
         ll = terms.log_likelihood  # (k, B)
-        ratio = sum(layer.log_ratio() for layer in terms.layers)  # (k, B)
+        ratio = terms.log_ratio()  # (k, B)
         bound = _iw_bound(ll + ratio)
         beta = self.schedule.value(step)
         if isinstance(beta, float) and beta == 1.0:
@@ -177,8 +177,8 @@ class STL:
 
     def __call__(self, terms: Terms, step: int | Tensor = 1) -> ObjectiveValue:
         ll = terms.log_likelihood  # (k, B)
-        exact = ll + sum(layer.log_ratio() for layer in terms.layers)  # (k, B)
-        path = ll + sum(
+        exact = terms.log_weights()  # (k, B)
+        path = ll + total(
             layer.prior.log_prob(layer.z) - stop_gradient(layer.posterior).log_prob(layer.z) for layer in terms.layers
         )
         surrogate = -path.mean()
@@ -255,7 +255,7 @@ class FreeBits:
     def __call__(self, terms: Terms, step: int | Tensor = 1) -> ObjectiveValue:
         ll = terms.log_likelihood  # (k, B)
         per_dim = [layer.kl_per_dim() for layer in terms.layers]  # (k, B, D_l) each
-        floored = sum(kl.flatten(0, 1).mean(0).clamp(min=self.lambda_).sum() for kl in per_dim)  # ()
+        floored = total(kl.flatten(0, 1).mean(0).clamp(min=self.lambda_).sum() for kl in per_dim)  # ()
         beta = self.schedule.value(step)
-        kl = sum(d.sum(-1) for d in per_dim)  # (k, B)
+        kl = total(d.sum(-1) for d in per_dim)  # (k, B)
         return ObjectiveValue(-ll.mean() + beta * floored, (ll - kl).mean(0))

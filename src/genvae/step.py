@@ -49,7 +49,7 @@ def objective_loss(
 
 def clip_scale(grads: Sequence[Tensor], max_norm: float) -> Tensor:
     """``()`` the factor that brings the gradients' global 2-norm down to ``max_norm`` (at most 1)."""
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    norm = torch.nn.utils.get_total_norm(grads)  # as clip_grad_norm_: foreach kernels where they exist
     return torch.clamp(max_norm / (norm + CLIP_EPS), max=1.0)
 
 

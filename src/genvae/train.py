@@ -33,7 +33,7 @@ from ._graph import GraphedStep
 from ._step import CompiledAdamStep, compiles_whole
 from .data import BatchLoader, ImageDataset
 from .io import save
-from .metrics.likelihood import evaluate_elbo
+from .metrics.likelihood import evaluate_elbo, evaluating
 from .objectives import ELBO, Objective
 from .protocols import LatentVariableModel
 from .schedules import LinearWarmup, as_schedule
@@ -319,8 +319,8 @@ def fit(
 
     # The data are checked once here, so the per-step value checks (host reads) can be skipped.
     x0, y0 = train.float_images()[:1024].to(dev), train.labels[:1024].to(dev)
-    devices = [dev.index or 0] if dev.type == "cuda" else []
-    with model.validate_args(True), torch.no_grad(), torch.random.fork_rng(devices=devices):
+    # In eval mode with the random state forked, so that the check changes no buffer and no draw.
+    with model.validate_args(True), evaluating(model):
         model.terms(x0, y0 if conditional else None)  # values, labels and the likelihood's event shape
     try:
         with model.validate_args(False):
@@ -403,18 +403,11 @@ def _own_copy(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
 def _epoch_metrics(
     model: LatentVariableModel, metrics: Mapping[str, Callable[[LatentVariableModel], float]] | None
 ) -> dict[str, float]:
-    """``{name: float(fn(model))}`` in eval mode, with the global random state left as it was."""
+    """``{name: float(fn(model))}``, each inside [`evaluating`][genvae.metrics.likelihood.evaluating]."""
     if not metrics:
         return {}
-    device = next(model.parameters()).device  # type: ignore[attr-defined]
-    was_training = model.training  # type: ignore[attr-defined]
-    model.eval()  # type: ignore[attr-defined]
-    try:
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), model.validate_args(True):
-            return {name: float(fn(model)) for name, fn in metrics.items()}
-    finally:
-        model.train(was_training)  # type: ignore[attr-defined]
+    with evaluating(model), model.validate_args(True):
+        return {name: float(fn(model)) for name, fn in metrics.items()}
 
 
 def _write_checkpoint(

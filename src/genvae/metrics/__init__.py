@@ -15,7 +15,7 @@ from .classifier import (
 )
 from .fid import fid, sample_fid
 from .image import ReconstructionMetrics, mse, reconstruction_metrics, ssim
-from .likelihood import ELBOSummary, evaluate_elbo, evaluate_iw_nll, iw_nll
+from .likelihood import ELBOSummary, eval_batches, evaluate_elbo, evaluate_iw_nll, evaluating, iw_nll
 
 __all__ = [
     "MIN_ACCURACY",
@@ -24,8 +24,10 @@ __all__ = [
     "ReconstructionMetrics",
     "accuracy",
     "conditional_accuracy",
+    "eval_batches",
     "evaluate_elbo",
     "evaluate_iw_nll",
+    "evaluating",
     "fid",
     "iw_nll",
     "mnist_classifier",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ from ..data import BatchLoader, ImageDataset
 from ..objectives import ELBO
 from ..protocols import LatentVariableModel
 
-__all__ = ["ELBOSummary", "evaluate_elbo", "evaluate_iw_nll", "eval_batches", "iw_nll"]
+__all__ = ["ELBOSummary", "evaluate_elbo", "evaluate_iw_nll", "eval_batches", "evaluating", "iw_nll"]
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,11 @@ def _batches(data: Data, batch_size: int) -> Iterator[tuple[Tensor, Tensor | Non
     yield from data
 
 
-def eval_batches(
-    model: LatentVariableModel, data: Data, *, batch_size: int, seed: int | None = 0
-) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """The one evaluation loop: ``(x, y)`` batches on the model's device, in order, with the model
-    in eval mode, gradients off and, for ``seed`` not None, the random draws seeded from ``seed``
-    (the global random state is restored afterwards, so two evaluations agree exactly and training
-    is not disturbed). ``y`` is None for an unconditional model.
-    """
-    positive_int("batch_size", batch_size)
+@contextmanager
+def evaluating(model: LatentVariableModel, *, seed: int | None = None) -> Iterator[None]:
+    """Within the block: the model in eval mode, gradients off and the global random state forked
+    (seeded from ``seed`` unless None); all restored on exit, so that an evaluation neither
+    disturbs training nor depends on it."""
     device = next(model.parameters()).device  # type: ignore[attr-defined]
     was_training = model.training  # type: ignore[attr-defined]
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -70,10 +67,23 @@ def eval_batches(
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             if seed is not None:
                 torch.manual_seed(seed)
-            for x, y in _batches(data, batch_size):
-                yield x.to(device), None if y is None or model.num_classes is None else y.to(device)
+            yield
     finally:
         model.train(was_training)  # type: ignore[attr-defined]
+
+
+def eval_batches(
+    model: LatentVariableModel, data: Data, *, batch_size: int, seed: int | None = 0
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """The one evaluation loop: ``(x, y)`` batches on the model's device, in order, inside
+    [`evaluating`][genvae.metrics.likelihood.evaluating] (so two evaluations with the same ``seed``
+    agree exactly). ``y`` is None for an unconditional model.
+    """
+    positive_int("batch_size", batch_size)
+    device = next(model.parameters()).device  # type: ignore[attr-defined]
+    with evaluating(model, seed=seed):
+        for x, y in _batches(data, batch_size):
+            yield x.to(device), None if y is None or model.num_classes is None else y.to(device)
 
 
 def evaluate_elbo(model: LatentVariableModel, data: Data, *, batch_size: int = 1000, seed: int = 0) -> ELBOSummary:
