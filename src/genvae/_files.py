@@ -1,4 +1,4 @@
-"""Crash-safe file writes: write under a temporary name in the same folder, then rename."""
+"""Crash-safe file writes: write under a temporary name in the same folder, flush, then rename."""
 
 from __future__ import annotations
 
@@ -10,14 +10,46 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file, whatever mode a library writes with
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush ``path``'s data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush folder ``path``'s entries (renames, new files) to disk, where the OS allows it."""
+    if os.name != "posix":  # pragma: no cover - folders cannot be opened on Windows
+        return
+    fsync_file(path)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, else delete it."""
+    """Yield a temporary path beside ``path``; on success flush it and rename it over ``path``, else delete it.
+
+    The file gets the mode a new file gets from the umask (libraries that write 0600 files are
+    overruled), and both it and its folder are flushed, so the rename survives a power cut.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        os.chmod(tmp, _FILE_MODE)
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 

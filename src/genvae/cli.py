@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from . import __version__
+from . import __version__, runfolder
 from ._files import write_json
 from .config import CHOICES, DEFAULT_IW_K, RunConfig, build_model, build_objective, read_config
 from .io import load
@@ -144,18 +144,30 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _read_run_config(run: Path) -> RunConfig:
+    """The settings a run folder was trained with (its ``config.json``)."""
+    cfg_path = run / "config.json"
+    if not cfg_path.is_file():
+        raise _UserError(f"expected {str(cfg_path)!r} in the run folder; is {str(run)!r} a genvae run?")
+    try:
+        settings = json.loads(cfg_path.read_text())
+        if not isinstance(settings, dict):
+            raise TypeError(f"expected a JSON object, got {type(settings).__name__}")
+        return RunConfig(**settings)
+    except (ValueError, TypeError) as err:
+        raise _UserError(f"expected a valid config.json in {str(run)!r}: {err}") from None
+
+
 def _load_run(run: Path, device: str = "cpu") -> tuple[Any, RunConfig]:
     from .train import resolve_device
 
     if not run.is_dir():
         raise _UserError(f"expected a run folder, got {str(run)!r}, which is not a folder")
-    cfg_path = run / "config.json"
-    if not cfg_path.is_file():
-        raise _UserError(f"expected {str(cfg_path)!r} in the run folder; is {str(run)!r} a genvae run?")
-    try:
-        cfg = RunConfig(**json.loads(cfg_path.read_text()))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise _UserError(f"expected a valid config.json in {str(run)!r}: {err}") from None
+    cfg = _read_run_config(run)
     model = load(run, map_location=resolve_device(device))
     return model, cfg
 
@@ -163,29 +175,75 @@ def _load_run(run: Path, device: str = "cpu") -> tuple[Any, RunConfig]:
 def _data(cfg: RunConfig, split: str, binarize: str | None = None, subset: int | None = None):
     from .data import load_mnist
 
-    data = load_mnist(split, binarize=binarize or cfg.binarize, seed=cfg.seed)
+    try:
+        data = load_mnist(split, binarize=binarize or cfg.binarize, seed=cfg.seed)
+    except (RuntimeError, OSError) as err:  # a corrupt or unreachable file: the message says which and what to do
+        raise _UserError(str(err)) from None
     return data.subset(subset) if subset is not None and subset < len(data) else data
 
 
+#: Settings a resumed run may change; every other flag must agree with the run's config.json.
+RESUME_MAY_CHANGE = ("epochs", "device", "out")
+
+
+def _resumed(saved: RunConfig, given: dict[str, Any]) -> RunConfig:
+    """The saved configuration with the changes ``--resume`` allows; any other difference is an error."""
+    merged = RunConfig(**{**saved.to_dict(), **given})
+    for f in fields(RunConfig):
+        ours, theirs = getattr(merged, f.name), getattr(saved, f.name)
+        if f.name not in RESUME_MAY_CHANGE and ours != theirs:
+            raise _UserError(
+                f"--{f.name.replace('_', '-')} {given.get(f.name, ours)} contradicts the run's config.json "
+                f"({f.name} = {theirs!r}); --resume continues with the saved settings, and only "
+                f"{', '.join('--' + n for n in RESUME_MAY_CHANGE)} may change"
+            )
+    return merged
+
+
 def _train(args: argparse.Namespace) -> None:
-    from .metrics.likelihood import evaluate_elbo
-    from .train import fit, resolve_device
-    from .viz import save_grid, save_loss_curves, save_reconstructions
+    from .train import resolve_device
 
     settings = read_config(args.config) if args.config else {}
     names = {f.name for f in fields(RunConfig)}
     settings.update({k: v for k, v in vars(args).items() if k in names and v is not None})
-    cfg = RunConfig(**settings)
+    cfg = RunConfig(**settings)  # every setting is checked before the data or the disk are touched
     if cfg.out is None:
+        if args.resume:
+            raise _UserError("expected --out RUN with --resume (the run folder to continue)")
         cfg.out = f"runs/{cfg.model}-{cfg.arch}-z{cfg.latent_dim}-{time.strftime('%Y%m%d-%H%M%S')}"
     device = resolve_device(cfg.device)  # fail before any data is loaded
     if cfg.cuda_graph and device.type != "cuda":
         raise _UserError(f"--cuda-graph needs a CUDA device, got --device {cfg.device} ({device.type})")
     run = Path(cfg.out)
-    if (run / "checkpoint.pt").exists() and not args.resume:
+    if run.exists() and not run.is_dir():
+        raise _UserError(f"expected --out to be a folder, got {str(run)!r}, which is a file")
+    created = not run.exists()
+    with runfolder.lock(run):  # one writer per folder: a second process stops here, having written nothing
+        try:
+            _train_locked(args, cfg, settings, run)
+        except BaseException:
+            if created and [p.name for p in run.iterdir()] == [runfolder.LOCK_FILE]:
+                (run / runfolder.LOCK_FILE).unlink()  # leave no empty folder behind a failed start
+                run.rmdir()
+            raise
+
+
+def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, Any], run: Path) -> None:
+    from .metrics.likelihood import evaluate_elbo
+    from .train import fit
+    from .viz import save_grid, save_loss_curves, save_reconstructions
+
+    removed = runfolder.recover(run)
+    if removed:
+        print(f"removed leftovers of a killed write in {run}: {', '.join(removed)}", file=sys.stderr)
+    committed = runfolder.verify(run) if args.resume else runfolder.complete_epoch(run)
+    if (committed is not None or (run / "checkpoint.pt").exists()) and not args.resume:
         raise _UserError(
             f"run folder {str(run)!r} already has a checkpoint; pass --resume to continue it or choose another --out"
         )
+    if args.resume and (run / "config.json").is_file():
+        cfg = _resumed(_read_run_config(run), settings)
+        cfg.out = str(run)
 
     train = _data(cfg, "train", subset=cfg.train_subset)
     test = _data(cfg, "test", subset=cfg.test_subset)
@@ -193,11 +251,10 @@ def _train(args: argparse.Namespace) -> None:
     model = build_model(cfg, train.data_shape, train.num_classes)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     objective = build_objective(cfg, math.ceil(len(train) // world / cfg.batch_size))
-    run.mkdir(parents=True, exist_ok=True)
     write_json(run / "config.json", cfg.to_dict())
     print(
         f"training {cfg.model} ({cfg.arch}, z={cfg.latent_dim}, {cfg.likelihood}, {cfg.prior} prior) "
-        f"with {objective!r} on {len(train)} {cfg.dataset} images for {cfg.epochs} epochs → {run}",
+        f"with {objective!r} on {len(train)} {cfg.dataset} images for {_plural(cfg.epochs, 'epoch')} → {run}",
         file=sys.stderr,
     )
     result = fit(
@@ -308,6 +365,10 @@ def _sample(args: argparse.Namespace) -> None:
     elif model.num_classes is not None and cfg.model == "cvae":
         y = torch.arange(args.n, device=device) % model.num_classes
     images = model.sample(args.n, y, generator=torch.Generator(device=device).manual_seed(args.seed))
+    folder = args.output.parent
+    if not folder.is_dir():
+        folder.mkdir(parents=True)
+        print(f"created folder {folder}", file=sys.stderr)
     path = save_grid(images, args.output, nrow=min(args.n, 8) if y is not None and args.label is None else None)
     print(f"wrote {args.n} samples to {path}")
 
@@ -322,7 +383,8 @@ def _info(args: argparse.Namespace) -> None:
     )
     print(f"latent     {model.latent_dim}   data {model.data_shape}   parameters {n_params:,}")
     print(
-        f"training   {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, binarize {cfg.binarize}, seed {cfg.seed}"
+        f"training   {_plural(cfg.epochs, 'epoch')}, batch {cfg.batch_size}, lr {cfg.lr}, "
+        f"binarize {cfg.binarize}, seed {cfg.seed}"
     )
     schedule = "" if cfg.beta_schedule == "constant" else f", {cfg.beta_schedule} over {cfg.warmup_epochs} epochs"
     free_bits = "" if cfg.free_bits is None else f", free bits {cfg.free_bits} nats"
@@ -336,8 +398,8 @@ def _info(args: argparse.Namespace) -> None:
             print(
                 f"last epoch {last['epoch']}: train {last['train_loss']:.2f}, test {last['test_loss']:.2f} nats/image"
             )
-    for name in ("metrics.json", "eval.json"):
-        path = args.run / name
+    for name in ("metrics", "eval"):
+        path = args.run / f"{name}.json"
         if path.is_file():
             print(f"{name:<11}{json.dumps(json.loads(path.read_text()))}")
 
@@ -348,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         {"train": _train, "eval": _eval, "sample": _sample, "info": _info}[args.command](args)
-    except (_UserError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+    except (_UserError, ValueError, TypeError, OSError, runfolder.RunFolderLocked) as err:
         print(f"genvae {args.command}: error: {err}", file=sys.stderr)
         return 2
     except FloatingPointError as err:

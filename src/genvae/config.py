@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import likelihoods, nets, priors
+from ._checks import positive_float, positive_int, shape_tuple
 from .models import CVAE, VAE
 from .objectives import ELBO, IWAE, STL, DReG, FreeBits, Objective
 from .protocols import LatentVariableModel
@@ -85,10 +86,29 @@ class RunConfig:
             if value not in allowed:
                 raise ValueError(f"expected {name} in {{{', '.join(allowed)}}}, got {value!r}")
         if self.hidden is not None:
-            self.hidden = tuple(
-                int(h) for h in (self.hidden if isinstance(self.hidden, (list, tuple)) else [self.hidden])
-            )
-        self.channels = tuple(int(c) for c in self.channels)
+            self.hidden = shape_tuple("hidden", self.hidden)
+        self.channels = shape_tuple("channels", self.channels)
+        for name in ("latent_dim", "components", "pseudo_inputs", "epochs", "batch_size"):
+            positive_int(name, getattr(self, name))
+        for name in ("k", "train_subset", "test_subset"):
+            if getattr(self, name) is not None:
+                positive_int(name, getattr(self, name))
+        positive_float("sigma", self.sigma)
+        positive_float("lr", self.lr)
+        if self.grad_clip is not None:
+            positive_float("grad_clip", self.grad_clip)
+        for name in ("seed", "warmup_epochs", "kl_warmup_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or (name != "seed" and value < 0):
+                raise ValueError(f"expected {name} to be an int{'' if name == 'seed' else ' >= 0'}, got {value!r}")
+        for name in ("amp", "cuda_graph"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"expected {name} to be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.compile, (bool, str)):
+            raise TypeError(f"expected compile to be true, false or a torch.compile mode, got {self.compile!r}")
+        for name in ("device", "out"):
+            if not isinstance(getattr(self, name), str) and not (name == "out" and self.out is None):
+                raise TypeError(f"expected {name} to be a string, got {getattr(self, name)!r}")
         if self.prior == "conditional" and self.model != "cvae":
             raise ValueError("expected --model cvae with --prior conditional, got --model vae")
         if self.kl_warmup_epochs:

@@ -397,9 +397,9 @@ class ImageDataset:
         mask = torch.isin(self.labels, torch.tensor(keep, dtype=torch.int64, device=self.labels.device))
         return self.subset(mask), self.subset(~mask)
 
-    def float_images(self) -> Tensor:
-        """``(N, C, H, W)`` float32 in [0, 1]: pixels / 255, or the fixed 0/1 draw if static."""
-        return self.binary.float() if self.binary is not None else self.images.float().div_(255)
+    def float_images(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``(N, C, H, W)`` in [0, 1] of ``dtype``: pixels / 255, or the fixed 0/1 draw if static."""
+        return self.binary.to(dtype) if self.binary is not None else self.images.to(dtype).div_(255)
 
 
 # --------------------------------------------------------------------------- synthetic digits
@@ -503,9 +503,10 @@ class BatchLoader:
         rank: this process's shard is ``perm[rank::world_size]``, cut to
             ``len(dataset) // world_size`` images so that every rank gets as many batches.
         world_size: number of processes sharing each epoch.
+        dtype: the floating dtype of the batches (a float64 model wants float64).
 
-    Iterating yields ``(x, y)``: ``x (B, C, H, W)`` float32 in [0, 1] and ``y (B,)`` int64, on
-    ``device``.
+    Iterating yields ``(x, y)``: ``x (B, C, H, W)`` in [0, 1] of ``dtype`` and ``y (B,)`` int64,
+    on ``device``.
     """
 
     def __init__(
@@ -519,6 +520,7 @@ class BatchLoader:
         device: torch.device | str | None = None,
         rank: int = 0,
         world_size: int = 1,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if not isinstance(dataset, ImageDataset):
             raise TypeError(f"expected dataset to be a genvae.data.ImageDataset, got {type(dataset).__name__}")
@@ -542,7 +544,9 @@ class BatchLoader:
         )
         self.device = torch.device(device) if device is not None else dataset.images.device
         self.dynamic = dataset.binarize == "dynamic"
-        self.x = dataset.to(self.device).float_images()  # (N, C, H, W) float32, converted once
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"expected dtype to be a floating torch.dtype, got {dtype!r}")
+        self.x = dataset.to(self.device).float_images(dtype)  # (N, C, H, W), converted once
         self.y = dataset.labels.to(self.device)  # (N,) int64
 
     def __len__(self) -> int:

@@ -115,6 +115,11 @@ class _LatentVariableModel(nn.Module):
     # ------------------------------------------------------------------ checks
     def _check(self, x: Tensor, y: Tensor | None, name: str = "x") -> None:
         check_data(name, x, self.data_shape)
+        dtype = next(self.parameters()).dtype
+        if x.dtype != dtype:
+            raise ValueError(
+                f"expected {name} of the model's dtype {dtype}, got {x.dtype}; cast it with {name}.to({dtype})"
+            )
         if y is None:
             if self.label_required:
                 raise ValueError(f"expected a label tensor y of shape ({x.shape[0]},) for a CVAE, got None")

@@ -10,6 +10,7 @@ every ``log_every`` steps.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -17,7 +18,9 @@ import sys
 import time
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import cast
 
@@ -27,12 +30,12 @@ from torch import nn
 from torch.optim import Optimizer
 from tqdm.auto import tqdm
 
+from . import runfolder
 from ._checks import positive_float, positive_int
-from ._files import atomic_path, write_json
 from ._graph import GraphedStep
 from ._step import CompiledAdamStep, compiles_whole
 from .data import BatchLoader, ImageDataset
-from .io import save
+from .io import MODEL_FILE, describe, save
 from .metrics.likelihood import evaluate_elbo, evaluating
 from .objectives import ELBO, Objective
 from .protocols import LatentVariableModel
@@ -184,10 +187,11 @@ def fit(
             ``capturable=True`` (the default Adam is); combine with ``compile=True`` to fuse the
             elementwise kernels as well.
         out: run folder; after every epoch it receives ``checkpoint.pt`` (weights, optimizer,
-            scheduler and RNG states, history), ``model.safetensors`` and ``history.json``, each
-            written under a temporary name and renamed.
-        resume: continue from ``out/checkpoint.pt``; the weights then match an uninterrupted run
-            bit for bit on the CPU.
+            scheduler and RNG states, history), ``model.safetensors`` and ``history.json`` as one
+            set committed by ``manifest.json`` (see [`genvae.runfolder`][genvae.runfolder]). The
+            folder is locked while ``fit`` runs; leftovers of a killed write are removed first.
+        resume: continue from the verified set in ``out`` (from scratch if it has none yet); the
+            weights then match an uninterrupted run bit for bit on the CPU.
         callbacks: called as ``callback(stats, model)`` after every epoch (rank 0 only).
         metrics: ``{name: fn}``; after every epoch ``fn(model)`` (in eval mode, rank 0 only) gives a
             number recorded in ``EpochStats.metrics`` and ``history.json``, e.g.
@@ -198,8 +202,12 @@ def fit(
         progress: show a tqdm bar; default: when stderr is a terminal.
 
     Raises:
-        FloatingPointError: the loss became NaN or inf; the last checkpoint is left as it was.
+        FloatingPointError: the loss, the test loss or the weights became NaN or inf; nothing
+            non-finite is written, and the last checkpoint is left as it was.
         FileExistsError: ``out`` already holds a checkpoint and ``resume`` is False.
+        RunFolderLocked: another process is training in ``out``.
+        TypeError: with ``out``, a model that [`genvae.save`][genvae.io.save] cannot describe.
+        ValueError: a checkpoint that is damaged or does not fit the model (on resume).
     """
     if not isinstance(train, ImageDataset):
         raise TypeError(f"expected train to be a genvae.data.ImageDataset, got {type(train).__name__}")
@@ -226,6 +234,53 @@ def fit(
         positive_float("grad_clip", grad_clip)
 
     rank, world, created_group = _distributed()
+    run = Path(out) if out is not None else None
+    with ExitStack() as stack:
+        if created_group:
+            stack.callback(dist.destroy_process_group)
+        if run is not None and rank == 0:
+            _check_describable(model)
+            stack.enter_context(runfolder.lock(run))  # before anything is read from or written to the folder
+            removed = runfolder.recover(run)
+            if removed:
+                log.info("removed leftovers of a killed write in %s: %s", run, ", ".join(removed))
+        return _fit(
+            model, train, test, run, rank, world, epochs=epochs, objective=objective, batch_size=batch_size,
+            lr=lr, beta=beta, kl_warmup_epochs=kl_warmup_epochs, grad_clip=grad_clip, device=device, seed=seed,
+            compile=compile, amp=amp, cuda_graph=cuda_graph, resume=resume, callbacks=callbacks, metrics=metrics,
+            optimizer=optimizer, scheduler=scheduler, log_every=log_every, progress=progress,
+        )  # fmt: skip
+
+
+def _fit(
+    model: LatentVariableModel,
+    train: ImageDataset,
+    test: ImageDataset | None,
+    run: Path | None,
+    rank: int,
+    world: int,
+    *,
+    epochs: int,
+    objective: Objective | None,
+    batch_size: int,
+    lr: float,
+    beta: float,
+    kl_warmup_epochs: int,
+    grad_clip: float | None,
+    device: str | torch.device,
+    seed: int,
+    compile: bool | str,
+    amp: bool,
+    cuda_graph: bool,
+    resume: bool,
+    callbacks: Sequence[Callable[[EpochStats, nn.Module], None]],
+    metrics: Mapping[str, Callable[[LatentVariableModel], float]] | None,
+    optimizer: Callable[[Iterable[nn.Parameter]], Optimizer] | None,
+    scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None,
+    log_every: int,
+    progress: bool | None,
+) -> FitResult:
+    """The body of [`fit`][genvae.train.fit], with its arguments checked and the run folder locked."""
     dev = resolve_device(device)
     if cuda_graph and (dev.type != "cuda" or world > 1):
         raise ValueError(
@@ -234,18 +289,21 @@ def fit(
     if world > 1 and dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(dev)
-    run = Path(out) if out is not None else None
-    ckpt_path = run / CHECKPOINT_FILE if run is not None else None
-    if ckpt_path is not None and ckpt_path.exists() and not resume:
-        raise FileExistsError(
-            f"expected an empty run folder, but {str(ckpt_path)!r} exists; pass resume=True to "
-            "continue that run or choose another out"
+    committed = runfolder.complete_epoch(run) if run is not None else None
+    if run is not None and committed is None and (run / CHECKPOINT_FILE).exists():
+        raise ValueError(
+            f"expected a manifest.json beside {str(run / CHECKPOINT_FILE)!r} (genvae 0.2 run folders have one), "
+            "found none, so the checkpoint cannot be verified; train into a new folder"
         )
-    if rank == 0 and run is not None:
-        run.mkdir(parents=True, exist_ok=True)
+    if committed is not None and not resume:
+        raise FileExistsError(
+            f"expected an empty run folder, but {str(run)!r} holds a checkpoint of epoch {committed}; pass "
+            "resume=True to continue that run or choose another out"
+        )
 
     torch.manual_seed(seed + rank)
     model.to(dev)
+    dtype = next(model.parameters()).dtype
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer is None:
         # Under a CUDA graph the learning rate is a device tensor, so that a scheduler's updates
@@ -273,6 +331,7 @@ def fit(
         rank=rank,
         world_size=world,
         generator=torch.Generator().manual_seed(seed),
+        dtype=dtype,
     )
     conditional = model.num_classes is not None
     steps_per_epoch = len(loader)
@@ -282,16 +341,22 @@ def fit(
 
     history: list[EpochStats] = []
     start = 0
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler") is not None:
-            sched.load_state_dict(state["scheduler"])
-        history = [EpochStats(**h) for h in state["history"]]
-        start = int(state["epoch"])
-        count.fill_(int(state.get("step", start * steps_per_epoch)))
-        _set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"], dev, loader)
+    if resume and run is not None and committed is not None:
+        state = _read_checkpoint(run, dev)
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            if sched is not None and state.get("scheduler") is not None:
+                sched.load_state_dict(state["scheduler"])
+            history = [EpochStats(**h) for h in state["history"]]
+            start = int(state["epoch"])
+            count.fill_(int(state.get("step", start * steps_per_epoch)))
+            _set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"], dev, loader)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+            raise ValueError(
+                f"the checkpoint in {str(run)!r} does not fit this model and optimizer (resume with the settings "
+                f"it was trained with): {str(err).strip().splitlines()[0]}"
+            ) from None
         log.info("resuming %s at epoch %d", run, start + 1)
 
     net: nn.Module = model
@@ -318,72 +383,109 @@ def fit(
         )
 
     # The data are checked once here, so the per-step value checks (host reads) can be skipped.
-    x0, y0 = train.float_images()[:1024].to(dev), train.labels[:1024].to(dev)
+    x0, y0 = train.float_images(dtype)[:1024].to(dev), train.labels[:1024].to(dev)
     # In eval mode with the random state forked, so that the check changes no buffer and no draw.
     with model.validate_args(True), evaluating(model):
         model.terms(x0, y0 if conditional else None)  # values, labels and the likelihood's event shape
-    try:
-        with model.validate_args(False):
-            for epoch in range(start, epochs):
-                model.train()
-                running.zero_()
-                seen, t0 = 0, time.perf_counter()
-                bar = tqdm(
-                    loader,
-                    total=steps_per_epoch,
-                    desc=f"epoch {epoch + 1}/{epochs}",
-                    disable=not show or rank != 0,
-                    leave=False,
+    with model.validate_args(False):
+        for epoch in range(start, epochs):
+            model.train()
+            running.zero_()
+            seen, t0 = 0, time.perf_counter()
+            bar = tqdm(
+                loader,
+                total=steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                disable=not show or rank != 0,
+                leave=False,
+            )
+            for step, (x, y) in enumerate(bar, start=1):
+                step_fn(x, y if conditional else None)
+                seen += x.shape[0]
+                if step % log_every == 0 or step == steps_per_epoch:
+                    mean = float(running) / step
+                    if not math.isfinite(mean):
+                        raise FloatingPointError(
+                            f"loss is {mean} at epoch {epoch + 1}, step {step} (checked every {log_every} steps); "
+                            + _last_good(run)
+                        )
+                    bar.set_postfix(loss=f"{mean:.2f}")
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            seconds = time.perf_counter() - t0
+            train_loss = float(running) / steps_per_epoch
+            if not _finite(model, opt):
+                raise FloatingPointError(
+                    f"the weights or the optimizer's state became NaN or inf in epoch {epoch + 1} (its losses were "
+                    "finite, so in the last step's update); " + _last_good(run)
                 )
-                for step, (x, y) in enumerate(bar, start=1):
-                    step_fn(x, y if conditional else None)
-                    seen += x.shape[0]
-                    if step % log_every == 0 or step == steps_per_epoch:
-                        mean = float(running) / step
-                        if not math.isfinite(mean):
-                            raise FloatingPointError(
-                                f"loss is {mean} at epoch {epoch + 1}, step {step} (checked every {log_every} "
-                                "steps); "
-                                + (
-                                    f"the last good checkpoint is {str(ckpt_path)!r}"
-                                    if ckpt_path
-                                    else "no checkpoint was kept"
-                                )
-                            )
-                        bar.set_postfix(loss=f"{mean:.2f}")
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                seconds = time.perf_counter() - t0
-                train_loss = float(running) / steps_per_epoch
-                if sched is not None:
-                    sched.step()
-                summary = evaluate_elbo(model, test, seed=seed) if test is not None and rank == 0 else None
-                stats = EpochStats(
-                    epoch=epoch + 1,
-                    train_loss=train_loss,
-                    test_loss=summary.loss if summary else None,
-                    test_kl=summary.kl if summary else None,
-                    test_log_likelihood=summary.log_likelihood if summary else None,
-                    seconds=seconds,
-                    images_per_second=seen * world / seconds,
-                    metrics=_epoch_metrics(model, metrics) if rank == 0 else {},
-                )
-                history.append(stats)
-                rng = _rng_state(dev, loader)
-                if world > 1:
-                    gathered: list[object] = [None] * world
-                    dist.all_gather_object(gathered, rng)
-                    rng = gathered  # type: ignore[assignment]
-                if rank == 0:
-                    log.info("epoch %d: %s", epoch + 1, stats)
-                    if run is not None:
-                        _write_checkpoint(run, model, opt, sched, rng, epoch + 1, int(count), history)
-                    for callback in callbacks:
-                        callback(stats, model)
-    finally:
-        if created_group:
-            dist.destroy_process_group()
+            if sched is not None:
+                sched.step()
+            summary = evaluate_elbo(model, test, seed=seed) if test is not None and rank == 0 else None
+            if summary is not None and not math.isfinite(summary.loss):
+                raise FloatingPointError(f"the test loss is {summary.loss} after epoch {epoch + 1}; " + _last_good(run))
+            stats = EpochStats(
+                epoch=epoch + 1,
+                train_loss=train_loss,
+                test_loss=summary.loss if summary else None,
+                test_kl=summary.kl if summary else None,
+                test_log_likelihood=summary.log_likelihood if summary else None,
+                seconds=seconds,
+                images_per_second=seen * world / seconds,
+                metrics=_epoch_metrics(model, metrics) if rank == 0 else {},
+            )
+            history.append(stats)
+            rng = _rng_state(dev, loader)
+            if world > 1:
+                gathered: list[object] = [None] * world
+                dist.all_gather_object(gathered, rng)
+                rng = gathered  # type: ignore[assignment]
+            if rank == 0:
+                log.info("epoch %d: %s", epoch + 1, stats)
+                if run is not None:
+                    _write_checkpoint(run, model, opt, sched, rng, epoch + 1, int(count), history)
+                for callback in callbacks:
+                    callback(stats, model)
     return FitResult(history, run)
+
+
+def _check_describable(model: nn.Module) -> None:
+    """Fail before training when the model could not be saved after its first epoch."""
+    try:
+        describe(model)
+    except TypeError as err:
+        raise TypeError(f"fit(out=...) saves the model after every epoch, but it cannot be described: {err}") from None
+
+
+def _read_checkpoint(run: Path, dev: torch.device) -> dict:
+    """The verified checkpoint of ``run``, loaded onto ``dev`` without pickle's code execution."""
+    data = runfolder.read_member(run, CHECKPOINT_FILE)
+    try:
+        state = torch.load(BytesIO(data), map_location=dev, weights_only=True)
+    except Exception as err:  # a file that matches its manifest but is not a checkpoint: edited by hand
+        raise ValueError(
+            f"expected a genvae checkpoint in {str(run / CHECKPOINT_FILE)!r}, could not read it: {err}"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"expected a genvae checkpoint in {str(run / CHECKPOINT_FILE)!r}, got a {type(state).__name__}"
+        )
+    return state
+
+
+def _last_good(run: Path | None) -> str:
+    """Where training can restart from, for an error message: only a complete, verified set counts."""
+    epoch = runfolder.complete_epoch(run) if run is not None else None
+    if epoch is None:
+        return "no checkpoint was kept"
+    return f"the last good checkpoint is {str(run / CHECKPOINT_FILE)!r} (epoch {epoch}, all values finite)"
+
+
+def _finite(model: nn.Module, opt: Optimizer) -> bool:
+    """Whether every floating tensor of the model and of the optimizer's state is finite (one host read)."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    tensors += [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.is_floating_point()]
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
 
 
 def _own_copy(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -413,7 +515,7 @@ def _epoch_metrics(
 def _write_checkpoint(
     run: Path, model: nn.Module, opt: Optimizer, sched, rng, epoch: int, step: int, history: list[EpochStats]
 ) -> None:
-    """Write checkpoint.pt, model.safetensors and history.json, each atomically."""
+    """Commit checkpoint.pt, model.safetensors and history.json as one set (see genvae.runfolder)."""
     state = {
         "step": step,
         "model": model.state_dict(),
@@ -423,7 +525,13 @@ def _write_checkpoint(
         "epoch": epoch,
         "history": [asdict(h) for h in history],
     }
-    with atomic_path(run / CHECKPOINT_FILE) as tmp:
-        torch.save(state, tmp)
-    save(model, run / "model.safetensors")
-    write_json(run / HISTORY_FILE, [asdict(h) for h in history])
+    records = json.dumps([asdict(h) for h in history], indent=2) + "\n"
+    runfolder.commit(
+        run,
+        epoch,
+        {
+            CHECKPOINT_FILE: lambda path: torch.save(state, path),
+            MODEL_FILE: lambda path: save(model, path),
+            HISTORY_FILE: lambda path: path.write_text(records),
+        },
+    )
