@@ -13,6 +13,9 @@ import torch
 
 import genvae
 from genvae.cli import main
+from genvae.config import RunConfig, build_model
+from genvae.data import MNIST_MD5, synthetic_digits
+from genvae.train import fit
 
 RUN_FILES = {
     "config.json",
@@ -81,7 +84,7 @@ def test_eval_sample_info(mnist_run, tmp_path, capsys):
 
 
 @pytest.mark.mnist
-def test_resume_continues_a_run(mnist_run, tmp_path):
+def test_resume_continues_a_run(mnist_run, tmp_path, capsys):
     run = tmp_path / "r"
     args = [
         "train",
@@ -99,8 +102,18 @@ def test_resume_continues_a_run(mnist_run, tmp_path):
     ]
     assert main([*args, "--epochs", "1"]) == 0
     assert main([*args, "--epochs", "1"]) == 2  # a checkpoint is there: refuse without --resume
-    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    saved = (run / "config.json").read_text()
+    capsys.readouterr()
+    for flag in (["--latent-dim", "16"], ["--lr", "0.01"], ["--train-subset", "500"], ["--model", "cvae"]):
+        assert run_cli([*args, "--epochs", "2", "--resume", *flag]) == 2
+        err = capsys.readouterr().err
+        assert "contradicts the run's config.json" in err and err.count("\n") == 1, err
+        assert (run / "config.json").read_text() == saved  # nothing written before the checks pass
+    # the saved settings win over the defaults: no flag but --resume and --epochs is needed
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
     assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2]
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    assert genvae.load(run).latent_dim == 4
 
 
 @pytest.mark.mnist
@@ -118,7 +131,7 @@ def test_same_seed_repeats_a_run(tmp_path):
 
 def test_cvae_config_from_toml(tmp_path, monkeypatch):
     """A TOML config builds the model it names; flags override it (checked without training)."""
-    from genvae.config import RunConfig, build_model, read_config
+    from genvae.config import read_config
 
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text('model = "cvae"\nhidden = [64, 32]\nlatent-dim = 5\nprior = "conditional"\n')
@@ -143,12 +156,12 @@ def test_cvae_config_from_toml(tmp_path, monkeypatch):
     ],
 )
 def test_bad_input_is_one_line_without_traceback(argv, message, capsys):
-    assert run(argv) == 2
+    assert run_cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-def run(argv: list[str]) -> int:
+def run_cli(argv: list[str]) -> int:
     """``main(argv)``'s exit status, whether it returns it or argparse exits."""
     try:
         return main(argv)
@@ -164,7 +177,7 @@ def test_corrupt_run_folder_and_missing_cuda(tmp_path, capsys):
     assert main(["info", str(bad)]) == 2
     assert "safetensors" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert run(["train", "--device", "cuda", "--epochs", "1", "--out", str(tmp_path / "c")]) == 2
+        assert run_cli(["train", "--device", "cuda", "--epochs", "1", "--out", str(tmp_path / "c")]) == 2
         assert "cuda" in capsys.readouterr().err.lower()
     out = tmp_path / "g"
     assert main(["train", "--cuda-graph", "--device", "cpu", "--epochs", "1", "--out", str(out)]) == 2
@@ -195,3 +208,53 @@ def test_label_for_unconditional_model_fails_cleanly(mnist_run, tmp_path):
     assert proc.returncode == 2
     assert "--label needs a conditional model" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("epochs = 0", "expected epochs to be a positive int, got 0"),
+        ('epochs = "ten"', "expected epochs to be a positive int, got str"),
+        ("lr = -0.1", "expected lr to be a positive finite number"),
+        ("hidden = [400, 0]", "expected hidden[1] to be a positive int"),
+        ("latent-dim = 2.5", "expected latent_dim to be a positive int"),
+        ('amp = "yes"', "expected amp to be true or false"),
+        ("test-subset = -3", "expected test_subset to be a positive int"),
+    ],
+)
+def test_a_bad_toml_config_is_refused_before_data_or_disk_are_touched(tmp_path, capsys, toml, message):
+    config = tmp_path / "c.toml"
+    config.write_text(f'{toml}\nout = "{tmp_path / "run"}"\n')
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_corrupt_mnist_file_offline_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    raw = tmp_path / "cache" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_MD5:
+        (raw / name).write_bytes(b"\0\0\x08\x01\0\0\0\x01x")  # an IDX header, not MNIST's bytes
+    monkeypatch.setenv("GENVAE_DATA", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is corrupt" in err and "-ubyte" in err and "Traceback" not in err, err
+    assert not out.exists()  # the folder of a run that never started is not left behind
+
+
+def test_info_and_sample_on_a_one_epoch_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    cfg = RunConfig(epochs=1, latent_dim=4, hidden=(16,), out=str(run))
+    model = build_model(cfg, (1, 28, 28), 10)
+    fit(model, synthetic_digits(128), epochs=1, batch_size=64, device="cpu", out=run, progress=False)
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (run / "metrics.json").write_text('{"test_loss": 1.0}')
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "training   1 epoch, batch" in out and 'metrics    {"test_loss": 1.0}' in out, out
+    target = tmp_path / "new" / "folder" / "s.png"
+    assert main(["sample", str(run), "--n", "4", "-o", str(target), "--device", "cpu"]) == 0
+    assert target.is_file() and f"created folder {target.parent}" in capsys.readouterr().err

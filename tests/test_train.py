@@ -530,3 +530,33 @@ def test_compiled_fits_keep_their_own_cache_and_never_reset_the_process(data, mo
         )
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[1] > graphs[0]
+
+
+class _Opaque(torch.nn.Module):
+    """An encoder whose constructor argument is not kept as an attribute: it cannot be described."""
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 2 * latent_dim))
+
+    def forward(self, x, y=None):
+        loc, log_scale = self.net(x).chunk(2, dim=-1)
+        return torch.distributions.Independent(torch.distributions.Normal(loc, log_scale.exp()), 1)
+
+
+def test_fit_refuses_a_model_it_could_not_save_before_the_first_step(data, tmp_path):
+    model = VAE(_Opaque(4), MLPDecoder(4, SHAPE, hidden=(32,)), Bernoulli(), StandardNormal(4))
+    epochs_run = []
+    with pytest.raises(TypeError, match=r"cannot be described.*latent_dim.*self\.latent_dim = latent_dim"):
+        fit(model, data[0], epochs=1, device="cpu", out=tmp_path / "run", callbacks=[epochs_run.append])
+    assert epochs_run == [] and not (tmp_path / "run").exists()
+    fit(model, data[0], epochs=1, device="cpu", progress=False)  # without a run folder it trains
+
+
+def test_a_float64_model_trains_in_float64(data):
+    model = small_vae().double()
+    result = fit(model, data[0], test=data[1], epochs=2, batch_size=64, device="cpu", progress=False)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert result.history[-1].test_loss < result.history[0].test_loss
+    with pytest.raises(ValueError, match=r"model's dtype torch\.float64, got torch\.float32"):
+        model.elbo(data[1].float_images()[:4])

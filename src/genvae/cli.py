@@ -390,14 +390,14 @@ def _info(args: argparse.Namespace) -> None:
     free_bits = "" if cfg.free_bits is None else f", free bits {cfg.free_bits} nats"
     k = cfg.k or (DEFAULT_IW_K if cfg.objective in ("iwae", "dreg") else 1)
     print(f"objective  {cfg.objective}, k {k}, β {cfg.beta}{schedule}{free_bits}")
-    history = args.run / "history.json"
-    if history.is_file():
-        records = json.loads(history.read_text())
-        if records:
-            last = records[-1]
-            print(
-                f"last epoch {last['epoch']}: train {last['train_loss']:.2f}, test {last['test_loss']:.2f} nats/image"
-            )
+    try:
+        records = json.loads(runfolder.read_member(args.run, "history.json"))
+    except FileNotFoundError:
+        records = []
+    if records:
+        last = records[-1]
+        test = "" if last["test_loss"] is None else f", test {last['test_loss']:.2f}"
+        print(f"last epoch {last['epoch']}: train {last['train_loss']:.2f}{test} nats/image")
     for name in ("metrics", "eval"):
         path = args.run / f"{name}.json"
         if path.is_file():

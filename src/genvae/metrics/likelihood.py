@@ -75,15 +75,16 @@ def evaluating(model: LatentVariableModel, *, seed: int | None = None) -> Iterat
 def eval_batches(
     model: LatentVariableModel, data: Data, *, batch_size: int, seed: int | None = 0
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """The one evaluation loop: ``(x, y)`` batches on the model's device, in order, inside
-    [`evaluating`][genvae.metrics.likelihood.evaluating] (so two evaluations with the same ``seed``
-    agree exactly). ``y`` is None for an unconditional model.
+    """The one evaluation loop: ``(x, y)`` batches on the model's device, ``x`` in its dtype, in order,
+    inside [`evaluating`][genvae.metrics.likelihood.evaluating] (so two evaluations with the same
+    ``seed`` agree exactly). ``y`` is None for an unconditional model.
     """
     positive_int("batch_size", batch_size)
-    device = next(model.parameters()).device  # type: ignore[attr-defined]
+    weight = next(model.parameters())  # type: ignore[attr-defined]
     with evaluating(model, seed=seed):
         for x, y in _batches(data, batch_size):
-            yield x.to(device), None if y is None or model.num_classes is None else y.to(device)
+            labels = None if y is None or model.num_classes is None else y.to(weight.device)
+            yield x.to(weight.device, weight.dtype), labels
 
 
 def evaluate_elbo(model: LatentVariableModel, data: Data, *, batch_size: int = 1000, seed: int = 0) -> ELBOSummary:
