@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from genvae import data as D
+from genvae.data import mnist as D
 from genvae.data import BatchLoader, ImageDataset, fetch_mnist, load_mnist, synthetic_digits
 
 
