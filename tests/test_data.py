@@ -158,27 +158,30 @@ def test_dataset_basics(digits):
     assert "n=1000" in repr(digits)
 
 
-def test_from_tensors_float_round_trip():
+def test_from_tensors_keeps_8_bit_pixels_and_float_data_as_they_are():
     x = torch.randint(0, 256, (6, 3, 5, 5), dtype=torch.uint8)
-    ds = ImageDataset.from_tensors(x.float() / 255, np.array([0, 1, 2, 0, 1, 2]))
-    assert torch.equal(ds.images, x) and ds.num_classes == 3 and ds.data_shape == (3, 5, 5)
+    ds = ImageDataset.from_tensors(x, np.array([0, 1, 2, 0, 1, 2]))
+    assert torch.equal(ds.images, x) and ds.num_classes == 3 and ds.data_shape == (3, 5, 5) and ds.eight_bit
+    assert torch.equal(ds.float_images(torch.float64), x.double() / 255)
+    v = torch.randn(7, 12, dtype=torch.float64)  # vectors, any range, no labels
+    ds = ImageDataset.from_tensors(v)
+    assert ds.data_shape == (12,) and ds.labels is None and ds.num_classes is None and not ds.eight_bit
+    assert torch.equal(ds.float_images(torch.float64), v)
+    assert ds.subset(3).float_images().shape == (3, 12) and ds.to("cpu").labels is None
 
 
 @pytest.mark.parametrize(
     "images, labels, kwargs, match",
     [
-        (
-            torch.zeros(32, 784),
-            torch.zeros(32, dtype=torch.long),
-            {},
-            r"images of shape \(N, C, H, W\), got \(32, 784\)",
-        ),
-        (torch.full((2, 1, 3, 3), 1.5), torch.zeros(2, dtype=torch.long), {}, r"float images in \[0, 1\]"),
+        (torch.zeros(32), None, {}, r"images of shape \(N, \*data_shape\), got \(32,\)"),
+        (torch.full((2, 1, 3, 3), 1.5), None, {"binarize": "static"}, r"values in \[0, 1\] to binarize"),
+        (torch.full((2, 3), float("nan")), None, {}, "finite values"),
         (torch.zeros(2, 1, 3, 3, dtype=torch.int32), torch.zeros(2, dtype=torch.long), {}, "images with dtype"),
         (torch.zeros(2, 1, 3, 3), torch.zeros(2), {}, "labels with an integer dtype"),
-        (torch.zeros(2, 1, 3, 3), torch.zeros(3, dtype=torch.long), {}, r"labels of shape \(2,\)"),
+        (torch.zeros(2, 1, 3, 3), torch.zeros(3, dtype=torch.long), {}, r"labels of shape \(2,\) to match"),
         (torch.zeros(2, 1, 3, 3), torch.tensor([0, 5]), {"num_classes": 3}, r"labels in range\(0, 3\)"),
         (torch.zeros(2, 1, 3, 3), torch.tensor([0, 1]), {"binarize": "yes"}, "binarize"),
+        (torch.zeros(2, 3), None, {"num_classes": 3}, "num_classes=None without labels"),
     ],
 )
 def test_from_tensors_rejects_bad_input(images, labels, kwargs, match):

@@ -560,3 +560,96 @@ def test_a_float64_model_trains_in_float64(data):
     assert result.history[-1].test_loss < result.history[0].test_loss
     with pytest.raises(ValueError, match=r"model's dtype torch\.float64, got torch\.float32"):
         model.elbo(data[1].float_images()[:4])
+
+
+class _Digits(torch.utils.data.Dataset):
+    """A map-style data set of (uint8 image, int label) items, as a user's or torchvision's."""
+
+    def __init__(self, data) -> None:
+        self.images, self.labels = data.images, data.labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+
+def test_any_data_trains_and_a_streamed_set_trains_exactly_as_a_held_one(data, tmp_path):
+    train, test = data
+    options = {"epochs": 2, "batch_size": 64, "device": "cpu", "progress": False}
+    held = small_vae()
+    fit(held, train, test=test, **options)
+    for kind, source, extra in [
+        ("pair", (train.images, train.labels), {}),
+        ("tensor", train.images, {}),
+        ("dataset", _Digits(train), {}),
+        ("streamed", _Digits(train), {"in_memory": False, "num_workers": 0}),
+        ("streamed with a worker", _Digits(train), {"in_memory": False, "num_workers": 1}),
+    ]:
+        model = small_vae()
+        fit(model, source, test=_Digits(test) if "streamed" in kind else test, **options, **extra)
+        for k, v in held.state_dict().items():
+            assert torch.equal(v, model.state_dict()[k]), (kind, k)
+
+
+def test_a_streamed_run_resumes_bit_for_bit(data, tmp_path):
+    train, _ = data
+    options = {"batch_size": 64, "device": "cpu", "progress": False, "in_memory": False, "num_workers": 0}
+    straight = small_vae()
+    fit(straight, _Digits(train), epochs=3, **options)
+    fit(small_vae(), _Digits(train), epochs=1, out=tmp_path, **options)
+    resumed = small_vae(seed=5)
+    fit(resumed, _Digits(train), epochs=3, out=tmp_path, resume=True, **options)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_vectors_in_float64_with_a_gaussian_likelihood(tmp_path):
+    from genvae.likelihoods import Gaussian
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(2, 10, generator=g, dtype=torch.float64)
+    x = torch.randn(512, 2, generator=g, dtype=torch.float64) @ w + 0.1 * torch.randn(
+        512, 10, generator=g, dtype=torch.float64
+    )
+    model = VAE(
+        MLPEncoder((10,), 2, hidden=(16,)), MLPDecoder(2, (10,), hidden=(16,)), Gaussian(0.1), StandardNormal(2)
+    )
+    model.double()
+    result = fit(
+        model, x[:448], test=x[448:], epochs=5, batch_size=32, lr=3e-3, device="cpu", out=tmp_path, progress=False
+    )
+    assert result.history[-1].test_loss < result.history[0].test_loss
+    assert load(tmp_path).encoder.net[0].weight.dtype == torch.float64
+
+
+def test_a_plateau_scheduler_gets_the_test_loss_or_else_the_train_loss(data):
+    train, test = data
+    seen: list[float] = []
+
+    class Spy(torch.optim.lr_scheduler.ReduceLROnPlateau):
+        def step(self, metrics, epoch=None):  # type: ignore[override]
+            seen.append(float(metrics))
+            super().step(metrics)
+
+    options = {"epochs": 2, "batch_size": 64, "device": "cpu", "progress": False, "scheduler": Spy}
+    result = fit(small_vae(), train, test=test, **options)
+    assert seen == [h.test_loss for h in result.history]
+    seen.clear()
+    result = fit(small_vae(), train, **options)
+    assert seen == [h.train_loss for h in result.history]
+
+
+def test_a_conditional_model_needs_labels(data):
+    from genvae import CVAE
+    from genvae.priors import ConditionalNormal
+
+    cvae = CVAE(
+        MLPEncoder(SHAPE, 4, hidden=(16,), num_classes=10),
+        MLPDecoder(4, SHAPE, hidden=(16,), num_classes=10),
+        Bernoulli(),
+        ConditionalNormal(10, 4),
+    )
+    with pytest.raises(ValueError, match="labelled train data for a conditional model"):
+        fit(cvae, data[0].images, epochs=1, device="cpu", progress=False)

@@ -10,6 +10,7 @@ every ``log_every`` steps.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -28,13 +29,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.optim import Optimizer
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from . import runfolder
 from ._checks import positive_float, positive_int
 from ._graph import GraphedStep
 from ._step import CompiledAdamStep, compiles_whole
-from .data import BatchLoader, ImageDataset
+from .data import AnyData, ImageDataset
+from .data.dataset import as_dataset
+from .data.loader import BatchLoader, StreamingLoader, head, make_loader
 from .io import MODEL_FILE, describe, save
 from .metrics.likelihood import evaluate_elbo, evaluating
 from .objectives import ELBO, Objective
@@ -107,7 +111,7 @@ def _distributed() -> tuple[int, int, bool]:
     return dist.get_rank(), dist.get_world_size(), created
 
 
-def _rng_state(device: torch.device, loader: BatchLoader) -> dict[str, object]:
+def _rng_state(device: torch.device, loader: BatchLoader | StreamingLoader) -> dict[str, object]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -115,7 +119,7 @@ def _rng_state(device: torch.device, loader: BatchLoader) -> dict[str, object]:
     }
 
 
-def _set_rng_state(state: dict, device: torch.device, loader: BatchLoader) -> None:
+def _set_rng_state(state: dict, device: torch.device, loader: BatchLoader | StreamingLoader) -> None:
     # The checkpoint is loaded onto the training device; generator states are CPU byte tensors.
     torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and state.get("cuda") is not None:
@@ -125,10 +129,10 @@ def _set_rng_state(state: dict, device: torch.device, loader: BatchLoader) -> No
 
 def fit(
     model: LatentVariableModel,
-    train: ImageDataset,
+    train: AnyData,
     *,
     epochs: int,
-    test: ImageDataset | None = None,
+    test: AnyData | None = None,
     objective: Objective | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,
@@ -148,6 +152,8 @@ def fit(
     scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
     log_every: int = 50,
     progress: bool | None = None,
+    in_memory: bool | None = None,
+    num_workers: int | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train`` by minimising ``objective``'s loss (the negative ELBO by default).
 
@@ -155,9 +161,16 @@ def fit(
         model: a [`VAE`][genvae.VAE], [`CVAE`][genvae.CVAE] or any
             [`LatentVariableModel`][genvae.protocols.LatentVariableModel] (labels are passed when the model is
             conditional).
-        train: the training set; it is moved to ``device`` once, whole.
+        train: the training data: a genvae [`ImageDataset`][genvae.data.dataset.ImageDataset], a
+            tensor ``x (N, *data_shape)``, a pair ``(x, y)``, or a map-style
+            ``torch.utils.data.Dataset`` whose items are ``x`` or ``(x, y)`` (tensors, arrays or PIL
+            images). uint8 data are 8-bit pixels (the model sees pixel / 255); floating data are
+            fed as they are, in the model's dtype; labels are needed only by conditional models.
+            Data that fit in memory are moved to ``device`` once, whole, and batched by one gather
+            each; a larger data set is streamed through a ``DataLoader`` (see ``in_memory``).
         epochs: total number of epochs (a resumed run continues up to this number).
-        test: evaluated after every epoch (single-sample ELBO with a fixed seed).
+        test: evaluated after every epoch (single-sample ELBO with a fixed seed); any kind of
+            data ``train`` takes.
         objective: the training objective, e.g. [`IWAE`][genvae.objectives.IWAE] ``(k=5)``; by
             default [`ELBO`][genvae.objectives.ELBO] with ``beta`` and ``kl_warmup_epochs``. Its
             β schedule counts optimizer steps from 1, across epochs and resumes.
@@ -197,9 +210,16 @@ def fit(
             number recorded in ``EpochStats.metrics`` and ``history.json``, e.g.
             ``{"iw_nll": lambda m: evaluate_iw_nll(m, test, k=100)}``.
         optimizer: factory ``params -> Optimizer`` replacing Adam.
-        scheduler: factory ``optimizer -> LRScheduler``, stepped once per epoch.
+        scheduler: factory ``optimizer -> LRScheduler``, stepped once per epoch; a scheduler whose
+            ``step`` takes a metric (``ReduceLROnPlateau``) gets the epoch's test loss, or its
+            train loss without a test set.
         log_every: steps between host reads of the running loss (progress bar and NaN check).
         progress: show a tqdm bar; default: when stderr is a terminal.
+        in_memory: for a map-style data set: hold it in memory (True) or stream it (False); by
+            default it is held when its examples take at most
+            [`IN_MEMORY_BYTES`][genvae.data.dataset.IN_MEMORY_BYTES].
+        num_workers: worker processes of a streamed data set's ``DataLoader`` (default
+            [`default_workers`][genvae.data.loader.default_workers]).
 
     Raises:
         FloatingPointError: the loss, the test loss or the weights became NaN or inf; nothing
@@ -209,10 +229,8 @@ def fit(
         TypeError: with ``out``, a model that [`genvae.save`][genvae.io.save] cannot describe.
         ValueError: a checkpoint that is damaged or does not fit the model (on resume).
     """
-    if not isinstance(train, ImageDataset):
-        raise TypeError(f"expected train to be a genvae.data.ImageDataset, got {type(train).__name__}")
-    if test is not None and not isinstance(test, ImageDataset):
-        raise TypeError(f"expected test to be a genvae.data.ImageDataset or None, got {type(test).__name__}")
+    train = as_dataset(train, "train", in_memory=in_memory)
+    test = as_dataset(test, "test", in_memory=in_memory) if test is not None else None
     positive_int("epochs", epochs)
     positive_int("batch_size", batch_size)
     positive_int("log_every", log_every)
@@ -249,13 +267,14 @@ def fit(
             lr=lr, beta=beta, kl_warmup_epochs=kl_warmup_epochs, grad_clip=grad_clip, device=device, seed=seed,
             compile=compile, amp=amp, cuda_graph=cuda_graph, resume=resume, callbacks=callbacks, metrics=metrics,
             optimizer=optimizer, scheduler=scheduler, log_every=log_every, progress=progress,
+            num_workers=num_workers,
         )  # fmt: skip
 
 
 def _fit(
     model: LatentVariableModel,
-    train: ImageDataset,
-    test: ImageDataset | None,
+    train: ImageDataset | Dataset,
+    test: ImageDataset | Dataset | None,
     run: Path | None,
     rank: int,
     world: int,
@@ -279,6 +298,7 @@ def _fit(
     scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None,
     log_every: int,
     progress: bool | None,
+    num_workers: int | None,
 ) -> FitResult:
     """The body of [`fit`][genvae.train.fit], with its arguments checked and the run folder locked."""
     dev = resolve_device(device)
@@ -322,7 +342,7 @@ def _fit(
                 f"{type(opt).__name__} with capturable={opt.defaults.get('capturable')}"
             )
     sched = scheduler(opt) if scheduler is not None else None
-    loader = BatchLoader(
+    loader = make_loader(
         train,
         batch_size,
         shuffle=True,
@@ -332,6 +352,7 @@ def _fit(
         world_size=world,
         generator=torch.Generator().manual_seed(seed),
         dtype=dtype,
+        num_workers=num_workers,
     )
     conditional = model.num_classes is not None
     steps_per_epoch = len(loader)
@@ -383,10 +404,12 @@ def _fit(
         )
 
     # The data are checked once here, so the per-step value checks (host reads) can be skipped.
-    x0, y0 = train.float_images(dtype)[:1024].to(dev), train.labels[:1024].to(dev)
+    x0, y0 = head(train, 1024, dtype)
+    if conditional and y0 is None:
+        raise ValueError(f"expected labelled train data for a conditional model, got {type(train).__name__} without")
     # In eval mode with the random state forked, so that the check changes no buffer and no draw.
     with model.validate_args(True), evaluating(model):
-        model.terms(x0, y0 if conditional else None)  # values, labels and the likelihood's event shape
+        model.terms(x0.to(dev), y0.to(dev) if conditional else None)  # values, labels, the likelihood's event shape
     with model.validate_args(False):
         for epoch in range(start, epochs):
             model.train()
@@ -419,11 +442,11 @@ def _fit(
                     f"the weights or the optimizer's state became NaN or inf in epoch {epoch + 1} (its losses were "
                     "finite, so in the last step's update); " + _last_good(run)
                 )
-            if sched is not None:
-                sched.step()
             summary = evaluate_elbo(model, test, seed=seed) if test is not None and rank == 0 else None
             if summary is not None and not math.isfinite(summary.loss):
                 raise FloatingPointError(f"the test loss is {summary.loss} after epoch {epoch + 1}; " + _last_good(run))
+            if sched is not None:
+                _step_scheduler(sched, summary.loss if summary is not None else train_loss)
             stats = EpochStats(
                 epoch=epoch + 1,
                 train_loss=train_loss,
@@ -447,6 +470,15 @@ def _fit(
                 for callback in callbacks:
                     callback(stats, model)
     return FitResult(history, run)
+
+
+def _step_scheduler(sched: torch.optim.lr_scheduler.LRScheduler, loss: float) -> None:
+    """Step ``sched`` once; one whose ``step`` takes a metric (``ReduceLROnPlateau``) gets ``loss``."""
+    params = inspect.signature(sched.step).parameters
+    if "metrics" in params or isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        sched.step(loss)  # type: ignore[call-arg]
+    else:
+        sched.step()
 
 
 def _check_describable(model: nn.Module) -> None:

@@ -10,15 +10,18 @@ device-resident loader, one module each.
   rank gets its own shard.
 """
 
-from .dataset import Binarize, ImageDataset
-from .loader import BatchLoader
+from .dataset import AnyData, Binarize, ImageDataset, as_dataset
+from .loader import BatchLoader, StreamingLoader
 from .mnist import MNIST_MD5, cache_dir, fetch_mnist, load_mnist
 from .synthetic import synthetic_digits
 
 __all__ = [
+    "AnyData",
     "BatchLoader",
     "Binarize",
     "ImageDataset",
+    "StreamingLoader",
+    "as_dataset",
     "MNIST_MD5",
     "cache_dir",
     "fetch_mnist",

@@ -1,20 +1,24 @@
-"""The device-resident loader: a whole split as one tensor on the device, one gather per batch."""
+"""Loaders: the device-resident one (a whole split as one tensor on the device, one gather per
+batch) for data that fit in memory, and a streaming one (a ``DataLoader`` with workers) for data
+that do not; both draw the same order from the same generator."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._checks import positive_int
-from .dataset import ImageDataset
+from .dataset import ImageDataset, as_float, collate
 
-__all__ = ["BatchLoader"]
+__all__ = ["BatchLoader", "StreamingLoader", "default_workers", "head", "make_loader"]
 
 
 class BatchLoader:
-    """Shuffled mini-batches from a split held as one float32 tensor on ``device``.
+    """Shuffled mini-batches from a data set held as one floating tensor on ``device``.
 
     Each epoch draws one permutation with ``torch.randperm(n, generator=generator)``; a batch is one
     gather ``x[idx]``. Unshuffled on one rank, batches are views (slices): do not modify them in
@@ -35,8 +39,8 @@ class BatchLoader:
         world_size: number of processes sharing each epoch.
         dtype: the floating dtype of the batches (a float64 model wants float64).
 
-    Iterating yields ``(x, y)``: ``x (B, C, H, W)`` in [0, 1] of ``dtype`` and ``y (B,)`` int64,
-    on ``device``.
+    Iterating yields ``(x, y)`` on ``device``: ``x (B, *data_shape)`` of ``dtype`` (8-bit pixels as
+    pixel / 255) and ``y (B,)`` int64, or None for a data set without labels.
     """
 
     def __init__(
@@ -77,13 +81,13 @@ class BatchLoader:
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"expected dtype to be a floating torch.dtype, got {dtype!r}")
         self.x = dataset.to(self.device).float_images(dtype)  # (N, C, H, W), converted once
-        self.y = dataset.labels.to(self.device)  # (N,) int64
+        self.y = dataset.labels.to(self.device) if dataset.labels is not None else None  # (N,) int64
 
     def __len__(self) -> int:
         n, b = self.num_samples, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
         g, n, r, w = self.generator, self.num_samples, self.rank, self.world_size
         if self.shuffle:
             perm = torch.randperm(len(self.x), generator=g, device=g.device)
@@ -92,7 +96,9 @@ class BatchLoader:
             idx = torch.arange(r, len(self.x), w, device=self.device)[:n]
         else:
             idx = None
-        y = self.y.index_select(0, idx) if idx is not None else self.y[:n]  # one gather per epoch
+        y = self.y
+        if y is not None:
+            y = y.index_select(0, idx) if idx is not None else y[:n]  # one gather per epoch
         bern = None
         if self.dynamic:
             seed = int(torch.randint(2**62, (), generator=g, device=g.device))
@@ -102,4 +108,103 @@ class BatchLoader:
             xb = self.x.index_select(0, idx[s]) if idx is not None else self.x[s]
             if bern is not None:
                 xb = torch.bernoulli(xb, generator=bern)
-            yield xb, y[s]
+            yield xb, None if y is None else y[s]
+
+
+def default_workers() -> int:
+    """Worker processes of a streaming loader: one per core but one, at most four."""
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+class StreamingLoader:
+    """Shuffled mini-batches streamed from a map-style data set through a ``torch.utils.data.DataLoader``.
+
+    For data that do not fit in memory. The order is drawn as [`BatchLoader`][genvae.data.loader.BatchLoader]
+    draws it (one ``torch.randperm`` per epoch from ``generator``, sharded by rank), so
+    ``generator.get_state()`` at an epoch boundary is all a checkpoint needs to resume bit for bit.
+    Workers read and collate the examples; pinned host memory speeds the copy to a GPU.
+
+    Args:
+        dataset: a map-style data set whose items are ``x`` or ``(x, y)``.
+        batch_size, shuffle, drop_last, generator, device, rank, world_size, dtype: as for
+            [`BatchLoader`][genvae.data.loader.BatchLoader].
+        num_workers: worker processes (default [`default_workers`][genvae.data.loader.default_workers]).
+
+    Iterating yields ``(x, y)`` on ``device``: ``x (B, *shape)`` of ``dtype`` (uint8 items as
+    pixel / 255) and ``y (B,)`` int64, or None for items without labels.
+    """
+
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        dtype: torch.dtype = torch.float32,
+        num_workers: int | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.world_size = positive_int("world_size", world_size)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"expected rank in range(0, {world_size}), got {rank!r}")
+        self.rank, self.shuffle, self.drop_last = rank, bool(shuffle), bool(drop_last)
+        self.num_samples = len(dataset) // world_size  # type: ignore[arg-type]
+        if self.num_samples == 0:
+            raise ValueError(f"expected dataset with at least world_size={world_size} examples, got {len(dataset)}")  # type: ignore[arg-type]
+        self.generator = (
+            generator if generator is not None else torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+        )
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype
+        self.num_workers = default_workers() if num_workers is None else num_workers
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
+        n, r, w = self.num_samples, self.rank, self.world_size
+        if self.shuffle:
+            order = torch.randperm(len(self.dataset), generator=self.generator)[r::w][:n]  # type: ignore[arg-type]
+        else:
+            order = torch.arange(r, len(self.dataset), w)[:n]  # type: ignore[arg-type]
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=order.tolist(),
+            drop_last=self.drop_last,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            # Its own generator: the DataLoader draws a base seed for its workers, which must not
+            # come from (and so move) the global random state the model's draws use.
+            generator=torch.Generator().manual_seed(0),
+        )
+        for x, y in loader:
+            x = as_float(x.to(self.device, non_blocking=True), self.dtype)
+            yield x, None if y is None else y.to(self.device, non_blocking=True)
+
+
+def make_loader(
+    data: ImageDataset | torch.utils.data.Dataset, batch_size: int, **options: Any
+) -> BatchLoader | StreamingLoader:
+    """A [`BatchLoader`][genvae.data.loader.BatchLoader] for an ``ImageDataset`` (held on the device),
+    a [`StreamingLoader`][genvae.data.loader.StreamingLoader] for any other map-style data set."""
+    if isinstance(data, ImageDataset):
+        options.pop("num_workers", None)
+        return BatchLoader(data, batch_size, **options)
+    return StreamingLoader(data, batch_size, **options)
+
+
+def head(data: ImageDataset | torch.utils.data.Dataset, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """The first ``n`` examples as the loaders give them (``x`` of ``dtype``, ``y`` or None), on the CPU."""
+    if isinstance(data, ImageDataset):
+        return data.float_images(dtype)[:n], None if data.labels is None else data.labels[:n]
+    x, y = collate([data[i] for i in range(min(n, len(data)))])  # type: ignore[arg-type]
+    return as_float(x, dtype), y

@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 from .._checks import positive_int
-from ..data import BatchLoader, ImageDataset
+from ..data import AnyData, BatchLoader, StreamingLoader
+from ..data.dataset import as_dataset
+from ..data.loader import make_loader
 from ..objectives import ELBO
 from ..protocols import LatentVariableModel
 
@@ -38,19 +40,20 @@ class ELBOSummary:
     num_examples: int
 
 
-Data = ImageDataset | BatchLoader | tuple[Tensor, Tensor | None]
-"""What the data-set metrics accept: a data set, a loader, or an ``(x, y)`` pair of tensors."""
+Data = AnyData | BatchLoader | StreamingLoader
+"""What the data-set metrics accept: any data ``fit`` takes (a data set, a tensor, an ``(x, y)``
+pair, a map-style ``Dataset``), or a loader."""
 
 
 def _batches(data: Data, batch_size: int) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """Yield ``(x, y)`` from an ImageDataset / loader / ``(x, y)`` pair, in order."""
-    if isinstance(data, ImageDataset):
-        data = BatchLoader(data, batch_size, shuffle=False, generator=torch.Generator().manual_seed(0))
-    if isinstance(data, tuple):
-        x, y = data
+    """Yield ``(x, y)`` batches of ``data``, in order."""
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor) and data[0].is_floating_point():
+        x, y = data  # float tensors as they are: any values stay for the model to judge
         for i in range(0, x.shape[0], batch_size):
             yield x[i : i + batch_size], None if y is None else y[i : i + batch_size]
         return
+    if not isinstance(data, (BatchLoader, StreamingLoader)):
+        data = make_loader(as_dataset(data, "data"), batch_size, shuffle=False, generator=torch.Generator())
     yield from data
 
 
@@ -92,8 +95,8 @@ def evaluate_elbo(model: LatentVariableModel, data: Data, *, batch_size: int = 1
 
     Args:
         model: a VAE or CVAE.
-        data: an ``ImageDataset``, a ``BatchLoader``, or an ``(x, y)`` pair of tensors
-            ``(N, *data_shape)``, ``(N,)`` (``y`` may be None for a VAE).
+        data: an ``ImageDataset``, a loader, an ``(x, y)`` pair of tensors ``(N, *data_shape)``,
+            ``(N,)`` (``y`` may be None for a VAE), a tensor ``x``, or a map-style ``Dataset``.
         batch_size: examples per forward pass.
         seed: the posterior draws come from this seed (the global RNG is left as it was), so that
             two evaluations of the same model agree exactly.
