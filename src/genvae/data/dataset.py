@@ -49,6 +49,8 @@ class ImageDataset:
         seed: seed of the static binarization.
         binary: ``(N, *data_shape)`` uint8 in {0, 1}: the static binarization, drawn once from
             Bernoulli(x) with ``torch.Generator().manual_seed(seed)``; else ``None``.
+        source: where the data came from (a data set's name or a file's path), or None;
+            ``fit(out=…)`` records it so that ``genvae eval`` finds the run's test data.
     """
 
     images: Tensor
@@ -57,6 +59,7 @@ class ImageDataset:
     binarize: Binarize = "none"
     seed: int = 0
     binary: Tensor | None = field(default=None)
+    source: str | None = None
 
     def __post_init__(self) -> None:
         x, y = self.images, self.labels
@@ -99,6 +102,7 @@ class ImageDataset:
         num_classes: int | None = None,
         binarize: Binarize = "none",
         seed: int = 0,
+        source: str | None = None,
     ) -> ImageDataset:
         """Build a data set from ``images (N, *data_shape)`` and optional integer ``labels (N,)``.
 
@@ -116,7 +120,7 @@ class ImageDataset:
         if labels is None:
             if num_classes is not None:
                 raise ValueError(f"expected num_classes=None without labels, got {num_classes}")
-            return cls(x.contiguous(), None, None, binarize, seed)
+            return cls(x.contiguous(), None, None, binarize, seed, source=source)
         y = torch.as_tensor(labels)
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise TypeError(f"expected labels with an integer dtype, got {y.dtype}")
@@ -125,7 +129,7 @@ class ImageDataset:
         y = y.to(torch.int64)
         if num_classes is None:
             num_classes = int(y.max()) + 1 if y.numel() else 1
-        return cls(x.contiguous(), y.contiguous(), num_classes, binarize, seed)
+        return cls(x.contiguous(), y.contiguous(), num_classes, binarize, seed, source=source)
 
     def __len__(self) -> int:
         return self.images.shape[0]

