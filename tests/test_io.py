@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -16,7 +22,14 @@ from torch.distributions import Distribution, Independent, Normal
 
 import genvae
 from genvae import CVAE, VAE, load, save
-from genvae.io import describe
+from genvae.io import (
+    _CREATED_ALLOWANCE,
+    _CREATED_PER_STORED_BYTE,
+    _MAX_DEPTH,
+    _MAX_HEADER_BYTES,
+    MODEL_FILE,
+    describe,
+)
 from genvae.likelihoods import Bernoulli, ContinuousBernoulli, Gaussian
 from genvae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from genvae.priors import (
@@ -26,6 +39,7 @@ from genvae.priors import (
     StandardNormal,
     VampPrior,
 )
+from genvae.runfolder import commit, lock
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -94,7 +108,7 @@ def seeded_elbo(model: VAE | CVAE, x: Tensor, y: Tensor | None) -> Tensor:
         return model.elbo(x, y, k=3).elbo
 
 
-def rewrite(path: Path, edit: Callable[[dict[str, Any]], None], tensors: dict[str, Tensor] | None = None) -> None:
+def rewrite(path: Path, edit: Callable[[dict[str, Any]], object], tensors: dict[str, Tensor] | None = None) -> None:
     """Rewrite a saved model file with its description edited (and optionally other tensors)."""
     with safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata())
@@ -296,6 +310,439 @@ def test_undescribable_parts_are_refused_before_writing(tmp_path: Path) -> None:
             return Independent(Normal(mu, (0.5 * logvar).exp()), 1)
 
     model = VAE(Opaque(36), MLPDecoder(D, SHAPE, hidden=(8,)), Bernoulli(), StandardNormal(D))
-    with pytest.raises(TypeError, match="'size'"):
+    with pytest.raises(TypeError, match=r"'size'.*e\.g\. self\.size = size"):
         save(model, tmp_path / "o.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_trusted_takes_prefixes_not_one_string(tmp_path: Path) -> None:
+    path = save(mlp_vae(), tmp_path / "m.safetensors")
+    with pytest.raises(TypeError, match="tuple of module prefixes"):
+        load(path, trusted="genvae.")  # type: ignore[arg-type]
+
+
+def test_a_package_main_module_is_refused_even_under_a_trusted_prefix(tmp_path: Path) -> None:
+    path = save(mlp_vae(), tmp_path / "m.safetensors")
+    rewrite(path, lambda spec: spec["model"].update({"class": "genvae.__main__.Command", "args": {}}))
+    before = set(sys.modules)
+    with pytest.raises(ValueError, match=r"model\.class in .*trusted"):
+        load(path, trusted=("genvae.",))
+    assert set(sys.modules) == before
+
+
+def test_a_shape_mismatch_names_the_key_both_shapes_and_the_file(tmp_path: Path) -> None:
+    path = save(mlp_vae(), tmp_path / "m.safetensors")
+    rewrite(path, lambda spec: spec["model"]["args"]["encoder"]["args"].update(hidden=[9]))
+    with pytest.raises(ValueError) as info:
+        load(path)
+    message = str(info.value)
+    assert str(path) in message and "'encoder.net.0.weight'" in message
+    assert "(9, 36)" in message and "(8, 36)" in message
+
+
+def test_a_tensor_of_another_kind_of_dtype_is_refused(tmp_path: Path) -> None:
+    path = save(mlp_vae(), tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors["decoder.net.0.bias"] = tensors["decoder.net.0.bias"].to(torch.int64)
+    rewrite(path, lambda spec: None, tensors=tensors)
+    with pytest.raises(ValueError, match=r"do not match.*'decoder\.net\.0\.bias'.*torch\.int64"):
+        load(path)
+
+
+def test_a_model_saved_in_double_precision_loads_in_double_precision(tmp_path: Path) -> None:
+    model = randomise(mlp_vae()).double()
+    loaded = load(save(model, tmp_path / "d.safetensors"))
+    got = loaded.state_dict()
+    for key, value in model.state_dict().items():
+        assert got[key].dtype == torch.float64 and torch.equal(got[key], value), key
+
+
+def test_a_run_folder_model_is_verified_against_its_manifest(tmp_path: Path) -> None:
+    model = randomise(mlp_vae())
+    run = tmp_path / "run"
+    with lock(run):
+        commit(run, 1, {MODEL_FILE: lambda path: save(model, path)})
+    key = "decoder.net.0.weight"
+    assert torch.equal(load(run).state_dict()[key], model.state_dict()[key])
+    data = bytearray((run / MODEL_FILE).read_bytes())
+    data[-1] ^= 0x01  # one bit of one weight
+    (run / MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="manifest"):
+        load(run)
+
+
+# --------------------------------------------------------------------------- malformed files
+
+#: How deep the encoder's ``hidden`` list sits: description > model > args > encoder > args > hidden.
+HIDDEN_DEPTH = 6
+
+
+def encoder_args(spec: dict[str, Any], part: str = "encoder") -> dict[str, Any]:
+    return spec["model"]["args"][part]["args"]
+
+
+def nested(depth: int, leaf: Any) -> Any:
+    """``leaf`` inside ``depth`` lists."""
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+def write_description(path: Path, text: str) -> Path:
+    """A safetensors file whose genvae description is ``text``, verbatim (it need not be JSON)."""
+    save_file({"w": torch.zeros(1)}, str(path), metadata={FORMAT_KEY: text})
+    return path
+
+
+def write_layout(path: Path, header: bytes, tensors: bytes = b"", *, length: int | None = None) -> Path:
+    """A file laid out as safetensors: the header's length (8 bytes, little-endian), header, tensors."""
+    size = len(header) if length is None else length
+    path.write_bytes(size.to_bytes(8, "little") + header + tensors)
+    return path
+
+
+def edited(edit: Callable[[dict[str, Any]], object]) -> Callable[[Path], Path]:
+    """A maker of a saved small VAE's file with its description edited by ``edit``."""
+
+    def make(folder: Path) -> Path:
+        path = save(mlp_vae(), folder / "m.safetensors")
+        rewrite(path, edit)
+        return path
+
+    return make
+
+
+def empty(folder: Path) -> Path:
+    path = folder / "m.safetensors"
+    path.write_bytes(b"")
+    return path
+
+
+def truncated(folder: Path) -> Path:
+    path = save(mlp_vae(), folder / "m.safetensors")
+    path.write_bytes(path.read_bytes()[:-16])
+    return path
+
+
+def f32(name: str, shape: list[int], start: int, end: int) -> dict[str, Any]:
+    return {name: {"dtype": "F32", "shape": shape, "data_offsets": [start, end]}}
+
+
+def layout(header: Any, tensors: bytes = b"", *, length: int | None = None) -> Callable[[Path], Path]:
+    return lambda folder: write_layout(folder / "m.safetensors", json.dumps(header).encode(), tensors, length=length)
+
+
+#: A flaw in the description: the file maker and the JSON path the error must name.
+MALFORMED_DESCRIPTIONS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "a part without a class": (
+        edited(lambda s: s["model"]["args"]["likelihood"].pop("class")),
+        "model.args.likelihood",
+    ),
+    "args that are a list": (
+        edited(lambda s: s["model"]["args"]["encoder"].update(args=[1, 2])),
+        "model.args.encoder.args",
+    ),
+    "a class that is not a string": (
+        edited(lambda s: s["model"]["args"]["encoder"].update({"class": 3})),
+        "model.args.encoder.class",
+    ),
+    "a class that is not a module": (
+        edited(lambda s: s["model"]["args"]["encoder"].update({"class": "genvae.models.ELBOOutput"})),
+        "model.args.encoder.class",
+    ),
+    "a reference to no part": (
+        edited(lambda s: s["model"]["args"].update(prior={"ref": "model.nowhere"})),
+        "model.args.prior.ref",
+    ),
+    "a reference to a part built later": (
+        edited(lambda s: s["model"]["args"].update(encoder={"ref": "model.decoder"})),
+        "model.args.encoder.ref",
+    ),
+    "an argument of the wrong type": (
+        edited(lambda s: encoder_args(s).update(latent_dim="three")),
+        "model.args.encoder",
+    ),
+    "an unknown argument": (edited(lambda s: encoder_args(s).update(colour="red")), "model.args.encoder"),
+    "an object that is no value": (
+        edited(lambda s: encoder_args(s).update(hidden=[8, {"size": 8}])),
+        "model.args.encoder.args.hidden[1]",
+    ),
+    "a model that is not a part": (edited(lambda s: s.update(model=[1])), "model"),
+    "nesting beyond the limit": (
+        edited(lambda s: encoder_args(s).update(hidden=nested(100, 8))),
+        "model.args.encoder.args.hidden" + "[0]" * (_MAX_DEPTH + 1 - HIDDEN_DEPTH),
+    ),
+}
+
+#: A flaw in the file: the file maker and what the error must say besides the file's name.
+MALFORMED_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "a description that is not JSON": (lambda d: write_description(d / "m.safetensors", "{"), "invalid JSON"),
+    "a description that is not an object": (lambda d: write_description(d / "m.safetensors", "[1]"), "got [1]"),
+    "a description nested 100000 deep": (
+        lambda d: write_description(d / "m.safetensors", "[" * 100_000 + "]" * 100_000),
+        "nested too deeply",
+    ),
+    "a description without a format": (edited(lambda s: s.pop("format")), "got format None"),
+    "an empty file": (empty, "got 0 bytes"),
+    "a header length beyond the file": (layout({}, length=1000), "got a header length of 1000"),
+    "a header that is not JSON": (lambda d: write_layout(d / "m.safetensors", b"{not json}"), "not JSON"),
+    "a header that is not an object": (layout([]), "got a header that is []"),
+    "a tensor of an unknown dtype": (
+        layout({"w": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}}, bytes(4)),
+        "'dtype': 'F33'",
+    ),
+    "a tensor larger than its bytes": (
+        layout(f32("w", [1000], 0, 4), bytes(4)),
+        "'shape': [1000]",
+    ),
+    "tensors that overlap": (
+        layout({**f32("a", [100], 0, 400), **f32("b", [100], 0, 400)}, bytes(400)),
+        "of 800 bytes",
+    ),
+    "a truncated file": (truncated, "within the"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_DESCRIPTIONS)
+def test_a_malformed_description_is_a_value_error_naming_its_json_path_and_the_file(tmp_path: Path, case: str) -> None:
+    make, where = MALFORMED_DESCRIPTIONS[case]
+    path = make(tmp_path)
+    with pytest.raises(ValueError) as info:
+        load(path)
+    assert f"{where} in {str(path)!r}: expected " in str(info.value)
+
+
+@pytest.mark.parametrize("case", MALFORMED_FILES)
+def test_a_malformed_file_is_a_value_error_naming_the_file_and_the_flaw(tmp_path: Path, case: str) -> None:
+    make, flaw = MALFORMED_FILES[case]
+    path = make(tmp_path)
+    with pytest.raises(ValueError) as info:
+        load(path)
+    assert str(path) in str(info.value) and flaw in str(info.value)
+
+
+@pytest.mark.parametrize("beyond", [False, True])
+def test_a_description_is_refused_for_its_depth_only_beyond_the_limit(tmp_path: Path, beyond: bool) -> None:
+    innermost = _MAX_DEPTH + beyond  # depth of the innermost list
+    path = edited(lambda s: encoder_args(s).update(hidden=nested(innermost - HIDDEN_DEPTH + 1, 8)))(tmp_path)
+    with pytest.raises(ValueError) as info:  # at the limit, MLPEncoder refuses hidden=((...(8,)...),)
+        load(path)
+    assert ("nested at most" in str(info.value)) is beyond
+
+
+@pytest.mark.parametrize("beyond", [False, True])
+def test_a_header_is_refused_unread_only_beyond_the_size_limit(tmp_path: Path, beyond: bool) -> None:
+    header = b"{}" + b" " * (_MAX_HEADER_BYTES - 2 + beyond)
+    path = write_layout(tmp_path / "m.safetensors", header)
+    with pytest.raises(ValueError) as info:
+        load(path)
+    message = str(info.value)
+    assert ("at most 16 MiB" in message) is beyond
+    assert ("genvae description" in message) is not beyond  # read, and found to hold no description
+
+
+def test_buffers_the_file_does_not_hold_are_refused_only_beyond_the_memory_budget(tmp_path: Path) -> None:
+    path = save(mlp_vae(), tmp_path / "m.safetensors")
+    stored_bytes = path.stat().st_size  # an upper bound of the bytes of its tensors
+    within = stored_bytes // 4  # float32 elements of the prior's mean, which is not stored
+    beyond = (_CREATED_PER_STORED_BYTE * stored_bytes + _CREATED_ALLOWANCE) // 4 + 1
+    rewrite(path, lambda spec: encoder_args(spec, "prior").update(latent_dim=within))
+    loaded = load(path)
+    assert isinstance(loaded, VAE) and isinstance(loaded.prior, StandardNormal)
+    assert loaded.prior.latent_dim == within
+    rewrite(path, lambda spec: encoder_args(spec, "prior").update(latent_dim=beyond))
+    with pytest.raises(ValueError, match=r"model\.args\.prior in .*expected tensors of at most \d+ bytes"):
+        load(path)
+
+
+@pytest.mark.parametrize("layers", [3, 40])
+def test_modules_are_refused_for_their_number_only_far_beyond_the_files_tensors(tmp_path: Path, layers: int) -> None:
+    path = save(mlp_vae(), tmp_path / "m.safetensors")  # 8 tensors: 2 linear layers in each net
+    rewrite(path, lambda spec: encoder_args(spec).update(hidden=[8] * layers))
+    with pytest.raises(ValueError) as info:
+        load(path)
+    assert ("modules, parameters and buffers" in str(info.value)) is (layers == 40)
+    assert ("do not match" in str(info.value)) is (layers == 3)
+
+
+#: Strings a fuzzed description or header draws from: real class names, forbidden ones, references
+#: and argument names, so that examples reach past the first check.
+WORDS = [
+    "genvae.models.VAE",
+    "genvae.nets.MLPEncoder",
+    "genvae.priors.StandardNormal",
+    "torch.nn.modules.linear.Linear",
+    "torch.nn.modules.activation.ReLU",
+    "genvae.__main__.Command",
+    "os.system",
+    "model",
+    "model.encoder",
+    "F32",
+    "I64",
+]
+KEYS = [
+    "class",
+    "args",
+    "ref",
+    "type",
+    "latent_dim",
+    "data_shape",
+    "hidden",
+    "encoder",
+    "dtype",
+    "shape",
+    "data_offsets",
+]
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 2**70) | st.floats() | st.sampled_from(WORDS),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=3),
+    max_leaves=16,
+)
+
+
+def subtrees(value: Any, where: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """The paths (keys and indices) of every value nested in ``value``, its own ``()`` first."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    return [where, *(path for key, item in items for path in subtrees(item, (*where, key)))]
+
+
+def replaced(value: Any, where: tuple[str | int, ...], new: Any) -> Any:
+    """A copy of ``value`` with the value at path ``where`` replaced by ``new``."""
+    if not where:
+        return new
+    copy = json.loads(json.dumps(value))
+    parent = copy
+    for key in where[:-1]:
+        parent = parent[key]
+    parent[where[-1]] = new
+    return copy
+
+
+def loads_or_names_the_file(path: Path) -> None:
+    """Load ``path``: it must give a model, or a ValueError that names the file."""
+    try:
+        assert isinstance(load(path), nn.Module)
+    except ValueError as err:
+        assert str(path) in str(err), err
+
+
+@functools.cache
+def vamp_file() -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The description of a VampPrior VAE (whose prior refers to the encoder) and its stored tensors."""
+    model = vamp_vae()
+    with tempfile.TemporaryDirectory() as folder:
+        path = save(model, Path(folder) / "v.safetensors")
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return describe(model), tensors
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_a_description_with_any_part_replaced_loads_or_is_a_value_error(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    spec, tensors = vamp_file()
+    fuzzed = replaced(spec, data.draw(st.sampled_from(subtrees(spec))), data.draw(JSON_VALUES))
+    path = tmp_path_factory.getbasetemp() / "fuzzed-description.safetensors"
+    save_file(tensors, str(path), metadata={FORMAT_KEY: json.dumps(fuzzed)})
+    loads_or_names_the_file(path)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_a_header_with_any_part_replaced_loads_or_is_a_value_error(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    spec, tensors = vamp_file()
+    path = tmp_path_factory.getbasetemp() / "fuzzed-header.safetensors"
+    save_file(tensors, str(path), metadata={FORMAT_KEY: json.dumps(spec)})
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    fuzzed = replaced(header, data.draw(st.sampled_from(subtrees(header))), data.draw(JSON_VALUES))
+    write_layout(path, json.dumps(fuzzed).encode(), raw[8 + size :])
+    loads_or_names_the_file(path)
+
+
+# --------------------------------------------------------------------------- crafted files, in a fresh process
+
+#: Classes a file may name that must be refused before their module is imported.
+FORBIDDEN_CLASSES = ["genvae.__main__.Command", "os.system", "subprocess.Popen", "builtins.eval", "genvae.io.os.system"]
+
+#: Descriptions that ask for far more memory or time than their 2.6 MB file's weights justify.
+CRAFTED_SIZES: dict[str, Callable[[dict[str, Any]], object]] = {
+    "latent_dim=500000": lambda s: [
+        encoder_args(s, p).update(latent_dim=500_000) for p in ("encoder", "decoder", "prior")
+    ],
+    "a 20000x20000 layer": lambda s: encoder_args(s).update(hidden=[20_000, 20_000]),
+    "hidden=[1]*200000": lambda s: encoder_args(s).update(hidden=[1] * 200_000),
+    "a prior of latent_dim=10**8": lambda s: encoder_args(s, "prior").update(latent_dim=10**8),
+    "a VampPrior of 10**6 pseudo-inputs": lambda s: s["model"]["args"].update(
+        prior={
+            "class": "genvae.priors.VampPrior",
+            "args": {"encoder": {"ref": "model.encoder"}, "num_pseudo_inputs": 10**6, "data_shape": [1, 28, 28]},
+        }
+    ),
+}
+MAX_EXTRA_MIB = 100
+MAX_SECONDS = 1.0
+
+
+def mnist_mlp_vae() -> VAE:
+    """The 784-400-20 MLP VAE, whose file (2.6 MB) the crafted ones start from."""
+    shape = (1, 28, 28)
+    return VAE(MLPEncoder(shape, 20), MLPDecoder(20, shape), Bernoulli(), StandardNormal(20))
+
+
+def naming_the_model(name: str, spec: dict[str, Any]) -> None:
+    spec["model"] = {"class": name, "args": {}}
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every crafted file loaded in one fresh process: the report of ``crafted_load.py``, with its
+    results keyed by case."""
+    folder = tmp_path_factory.mktemp("crafted")
+    base = save(mnist_mlp_vae(), folder / "base.safetensors")
+    edits: dict[str, Callable[[dict[str, Any]], object]] = {
+        name: functools.partial(naming_the_model, name) for name in FORBIDDEN_CLASSES
+    }
+    edits.update(CRAFTED_SIZES)
+    files = []
+    for i, edit in enumerate(edits.values()):
+        files.append(folder / f"case{i}.safetensors")
+        files[-1].write_bytes(base.read_bytes())
+        rewrite(files[-1], edit)
+    script = Path(__file__).with_name("crafted_load.py")
+    proc = subprocess.run([sys.executable, str(script), *map(str, files)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    report["results"] = dict(zip(edits, report["results"]))
+    return report
+
+
+@pytest.mark.parametrize("name", FORBIDDEN_CLASSES)
+def test_a_class_outside_the_allowed_modules_is_refused_before_anything_is_imported(
+    crafted: dict[str, Any], name: str
+) -> None:
+    result = crafted["results"][name]
+    assert result["outcome"] == "ValueError", result
+    assert "model.class in" in result["message"] and "trusted" in result["message"]
+    assert result["new_modules"] == []
+    assert not crafted["main_imported"]
+
+
+@pytest.mark.parametrize("case", CRAFTED_SIZES)
+def test_a_crafted_size_is_refused_in_little_memory_and_time(crafted: dict[str, Any], case: str) -> None:
+    result = crafted["results"][case]
+    print(f"{case}: {result['outcome']} after {result['seconds']:.3f} s")
+    assert result["outcome"] == "ValueError", result
+    assert result["seconds"] < MAX_SECONDS
+    if result["peak_kib"] is None:
+        pytest.skip("peak memory is read from /proc/self/status, which this system lacks")
+    # the peak so far, over the memory resident before the first load: an upper bound for this load
+    extra_mib = (result["peak_kib"] - crafted["rss_before_kib"]) / 1024
+    print(f"{case}: peak {extra_mib:.1f} MiB over the memory resident before the first load")
+    assert extra_mib < MAX_EXTRA_MIB

@@ -5,8 +5,23 @@ constructor arguments are readable as attributes of the same name) becomes
 ``{"class": "genvae.nets.MLPEncoder", "args": {...}}``; an ``nn.Module`` class argument (an
 activation) becomes ``{"type": "torch.nn.modules.activation.ReLU"}``; a module seen twice (the
 encoder shared by a VampPrior) becomes ``{"ref": "model.encoder"}``. The description is stored in
-the safetensors header, so one file holds everything. Loading imports classes only from ``genvae``
-and ``torch.nn`` unless more module prefixes are trusted explicitly.
+the safetensors header, so one file holds everything.
+
+A model file may come from anyone, so loading trusts nothing in it:
+
+1. classes are imported only from genvae's part modules (:data:`PART_MODULES`), torch's layer
+   modules and the module prefixes the caller trusts; the module is read from the name before
+   anything is imported;
+2. the model is built on a budget taken from the file, whose header is read here: the tensors
+   its parts create by size (``torch.empty``, ``torch.zeros``...) may take at most twice the bytes
+   of the file's tensors plus a fixed allowance, and each is refused before it is allocated; its
+   modules, parameters and buffers are counted too, so that a description of a million layers
+   stops early;
+3. each tensor of the model is compared with the file's (name, shape, dtype), and only then are
+   the weights read into it.
+
+Every flaw in a file is a ``ValueError`` that names the file and, for the description, the JSON
+path of the flaw (``model.args.encoder.args.hidden[1]``), with what was expected and what came.
 """
 
 from __future__ import annotations
@@ -14,16 +29,25 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 import os
-from collections.abc import Iterable
+import reprlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_model
 from torch import nn
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
+from torch.overrides import TorchFunctionMode
 
 from ._files import atomic_path
 
@@ -32,11 +56,101 @@ __all__ = ["describe", "load", "save"]
 FORMAT = "genvae.model"
 VERSION = 1
 MODEL_FILE = "model.safetensors"
-_DEFAULT_TRUSTED = ("genvae.", "torch.nn.")
+
+#: The genvae modules that define parts; a class elsewhere in genvae (``genvae.__main__`` runs the
+#: command line when imported) can never be named by a file. A new part module is one entry here.
+PART_MODULES = ("genvae.models", "genvae.nets", "genvae.priors", "genvae.likelihoods")
+#: torch's layers (activations, ``Linear``...) live in the modules under this prefix.
+_TORCH_LAYERS = "torch.nn.modules."
+
+#: Largest safetensors header read: a description of thousands of parts takes a fraction of it.
+_MAX_HEADER_BYTES = 16 * 2**20
+#: Deepest nesting of objects and lists in a description, far deeper than any model's needs.
+_MAX_DEPTH = 64
+#: Modules, parameters and buffers a description may register while it is built, per tensor in
+#: the file, plus a constant: a layer registers itself and its weight and bias, and parts without
+#: weights (activations, a fixed prior) need the constant.
+_REGISTRATIONS_PER_TENSOR = 4
+_REGISTRATIONS_BASE = 64
+#: Bytes that the tensors created by size while a description is built may take, as a multiple
+#: of the bytes of the file's tensors, plus a constant: each weight is created once, and buffers
+#: the file does not hold (a fixed prior's mean, a fixed σ, sized by the description alone) and
+#: weights stored in a narrower dtype than the model's take the rest.
+_CREATED_PER_STORED_BYTE = 2
+_CREATED_ALLOWANCE = 16 * 2**20
+
+#: safetensors dtype names read from a header.
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+#: Tensor factories given a size, counted against the budget of a build. Tensors made from data
+#: (``torch.tensor(data_shape)``) are as large as data in the description; tensors computed from
+#: others (``0.1 * torch.randn(...)``) as large as what they are computed from.
+_SIZED_FACTORIES = frozenset(
+    {
+        torch.empty,
+        torch.empty_strided,
+        torch.zeros,
+        torch.ones,
+        torch.full,
+        torch.rand,
+        torch.randn,
+        torch.randint,
+        torch.randperm,
+        torch.arange,
+        torch.linspace,
+        torch.logspace,
+        torch.eye,
+        torch.Tensor.new_empty,
+        torch.Tensor.new_zeros,
+        torch.Tensor.new_ones,
+        torch.Tensor.new_full,
+    }
+)
+#: Arguments of a factory that do not change the size of what it makes, dropped when the call is
+#: repeated on the meta device to learn that size.
+_PLACEMENT_ARGS = ("device", "generator", "out", "pin_memory", "requires_grad")
+
+_show = reprlib.Repr()
+_show.maxstring = _show.maxother = 80
 
 
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# --------------------------------------------------------------------------- describe and save
+
+
+def _describe_args(obj: nn.Module, path: str, seen: dict[int, str]) -> dict[str, Any]:
+    """The constructor arguments of ``obj``, read back from its attributes of the same names."""
+    cls = type(obj)
+    args = {}
+    for name, param in list(inspect.signature(cls.__init__).parameters.items())[1:]:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise TypeError(
+                f"cannot describe {_qualname(cls)} at {path}: expected named constructor arguments, got "
+                f"{'*' if param.kind == param.VAR_POSITIONAL else '**'}{name}; give the class named arguments "
+                "kept as attributes of the same names"
+            )
+        if not hasattr(obj, name):
+            raise TypeError(
+                f"cannot describe {_qualname(cls)} at {path}: expected constructor argument {name!r} to be "
+                f"readable as an attribute of the same name, got no attribute {name!r}; give the class "
+                f"attributes named after its constructor arguments, e.g. self.{name} = {name}"
+            )
+        args[name] = _describe(getattr(obj, name), f"{path}.{name}", seen)
+    return args
 
 
 def _describe(obj: Any, path: str, seen: dict[int, str]) -> Any:
@@ -44,16 +158,7 @@ def _describe(obj: Any, path: str, seen: dict[int, str]) -> Any:
         if id(obj) in seen:
             return {"ref": seen[id(obj)]}
         seen[id(obj)] = path
-        cls = type(obj)
-        args = {}
-        for name, param in list(inspect.signature(cls.__init__).parameters.items())[1:]:
-            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or not hasattr(obj, name):
-                raise TypeError(
-                    f"cannot describe {_qualname(cls)} at {path}: expected constructor argument "
-                    f"{name!r} to be readable as an attribute of the same name"
-                )
-            args[name] = _describe(getattr(obj, name), f"{path}.{name}", seen)
-        return {"class": _qualname(cls), "args": args}
+        return {"class": _qualname(type(obj)), "args": _describe_args(obj, path, seen)}
     if isinstance(obj, type):
         return {"type": _qualname(obj)}
     if isinstance(obj, (tuple, list)):
@@ -61,61 +166,18 @@ def _describe(obj: Any, path: str, seen: dict[int, str]) -> Any:
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(
-        f"cannot describe {path}: expected a module, class, number, string or tuple, got {type(obj).__name__}"
+        f"cannot describe {path}: expected a module, class, number, string or tuple, got {type(obj).__name__}; "
+        "keep constructor arguments to such values (pass a size, not a tensor)"
     )
 
 
 def describe(model: nn.Module) -> dict[str, Any]:
-    """The JSON-ready description from which :func:`load` rebuilds ``model``."""
-    return {"format": FORMAT, "version": VERSION, "model": _describe(model, "model", {})}
+    """The JSON-ready description from which :func:`load` rebuilds ``model``.
 
-
-def _import(name: str, trusted: tuple[str, ...], *, module_class: bool) -> type:
-    """Import the class ``name`` ("pkg.mod.Class"), refusing anything outside ``trusted``.
-
-    The class itself (not only the string) must live in a trusted module, must be reached without
-    walking through another module's attributes, and must be an ``nn.Module`` subclass where
-    ``module_class`` is set: a crafted file cannot name ``genvae.io.os.system``.
+    Raises:
+        TypeError: a part whose constructor arguments cannot be read back from its attributes.
     """
-    refuse = ValueError(
-        f"refusing to import {name!r}: expected a class defined under one of {list(trusted)}; "
-        "pass trusted=('yourpackage.',) to load(...) to allow your own parts"
-    )
-    if not name.startswith(trusted):
-        raise refuse
-    parts = name.split(".")
-    for cut in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr, None)
-            if obj is None or isinstance(obj, ModuleType):
-                raise refuse
-        break
-    else:
-        raise refuse
-    if not isinstance(obj, type) or not f"{obj.__module__}.".startswith(trusted) or _qualname(obj) != name:
-        raise refuse
-    if module_class and not issubclass(obj, nn.Module):
-        raise refuse
-    return obj
-
-
-def _build(spec: Any, path: str, built: dict[str, Any], trusted: tuple[str, ...]) -> Any:
-    if isinstance(spec, list):
-        return tuple(_build(v, f"{path}[{i}]", built, trusted) for i, v in enumerate(spec))
-    if not isinstance(spec, dict):
-        return spec
-    if "ref" in spec:
-        return built[spec["ref"]]
-    if "type" in spec:
-        return _import(spec["type"], trusted, module_class=False)
-    cls = _import(spec["class"], trusted, module_class=True)
-    args = {name: _build(v, f"{path}.{name}", built, trusted) for name, v in spec["args"].items()}
-    built[path] = obj = cls(**args)
-    return obj
+    return {"format": FORMAT, "version": VERSION, "model": _describe(model, "model", {})}
 
 
 def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
@@ -133,6 +195,395 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- reading a file
+
+
+class _Stored(NamedTuple):
+    """A tensor as the file's header declares it."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _read(path: Path) -> tuple[bytes, str]:
+    """The bytes of the model file at ``path`` (a file or a run folder), and its name for messages."""
+    if path.is_dir():
+        from .runfolder import read_member
+
+        return read_member(path, MODEL_FILE), str(path / MODEL_FILE)
+    if not path.is_file():
+        raise FileNotFoundError(f"expected a genvae model file or run folder, got {str(path)!r}, which does not exist")
+    return path.read_bytes(), str(path)
+
+
+def _header(data: bytes, file: str) -> tuple[dict[str, Any], int]:
+    """The safetensors header of ``data`` and the offset where the tensors' bytes start.
+
+    Read here rather than by safetensors so that every size is known before anything is built.
+    The layout: 8 bytes of little-endian header length, the header (JSON), the tensors' bytes.
+    """
+    if len(data) < 8:
+        raise ValueError(f"expected a safetensors file at {file!r}, got {len(data)} bytes, too few for a header length")
+    size = int.from_bytes(data[:8], "little")
+    limit = min(len(data) - 8, _MAX_HEADER_BYTES)
+    if size > limit:
+        raise ValueError(
+            f"expected a safetensors file at {file!r} with a header of at most {limit} bytes (what follows the "
+            f"header length, and at most {_MAX_HEADER_BYTES // 2**20} MiB), got a header length of {size}"
+        )
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except RecursionError:
+        raise ValueError(f"expected a safetensors file at {file!r}, got a header nested too deeply to read") from None
+    except ValueError as err:
+        raise ValueError(f"expected a safetensors file at {file!r}, got a header that is not JSON: {err}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"expected a safetensors file at {file!r}, got a header that is {_show.repr(header)}")
+    return header, 8 + size
+
+
+def _stored_entry(entry: Any) -> tuple[_Stored, int, int] | None:
+    """``(tensor, start, end)`` from one header entry, or None where it is malformed."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or entry["dtype"] not in _DTYPES:
+        return None
+    shape, span = entry.get("shape"), entry.get("data_offsets")
+    if not (isinstance(shape, list) and isinstance(span, list) and len(span) == 2):
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in [*shape, *span]):
+        return None
+    tensor, (start, end) = _Stored(_DTYPES[entry["dtype"]], tuple(shape)), span
+    if end - start != tensor.nbytes:
+        return None
+    return tensor, start, end
+
+
+def _stored_tensors(header: dict[str, Any], payload: int, file: str) -> dict[str, _Stored]:
+    """The tensors the header declares, each checked to lie within the ``payload`` bytes after it.
+
+    The declared tensors together hold at most ``payload`` bytes, so a model whose tensors match
+    them is no larger than the file.
+    """
+    tensors, total = {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        found = _stored_entry(entry)
+        if found is None or found[2] > payload:
+            raise ValueError(
+                f"expected a safetensors file at {file!r}: tensor {name!r} should be declared as "
+                f"{{'dtype': one of {list(_DTYPES)}, 'shape': [sizes], 'data_offsets': [start, end]}} with "
+                f"end - start its size in bytes, within the {payload} bytes of tensors, got {_show.repr(entry)}"
+            )
+        tensor, start, end = found
+        tensors[name] = tensor
+        total += end - start
+    if total > payload:
+        raise ValueError(
+            f"expected the tensors of {file!r} to fit in its {payload} bytes of tensors, got tensors of {total} bytes"
+        )
+    return tensors
+
+
+def _description(header: dict[str, Any], file: str) -> dict[str, Any]:
+    """The genvae description in the header's metadata, checked for format and version."""
+    metadata = header.get("__metadata__")
+    text = metadata.get(FORMAT) if isinstance(metadata, dict) else None
+    if not isinstance(text, str):
+        raise ValueError(f"expected a genvae description in the header of {file!r}, found none")
+    try:
+        spec = json.loads(text)
+    except RecursionError:
+        raise ValueError(
+            f"expected a description in {file!r} nested at most {_MAX_DEPTH} deep, got one nested too deeply to read"
+        ) from None
+    except ValueError as err:
+        raise ValueError(f"expected the description in {file!r} to be JSON, got invalid JSON: {err}") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"expected the description in {file!r} to be a JSON object, got {_show.repr(spec)}")
+    if spec.get("format") != FORMAT or spec.get("version") != VERSION:
+        raise ValueError(
+            f"expected format {FORMAT!r} version {VERSION} in {file!r}, "
+            f"got format {_show.repr(spec.get('format'))} version {_show.repr(spec.get('version'))}"
+        )
+    return spec
+
+
+# --------------------------------------------------------------------------- rebuilding
+
+
+def _allowed(module: str, trusted: tuple[str, ...]) -> bool:
+    """Whether classes may be imported from ``module``: a part module, torch's layers, or trusted.
+
+    A package's ``__main__`` runs a program when imported, so it is refused even under a trusted
+    prefix.
+    """
+    if module.endswith(".__main__"):
+        return False
+    return module in PART_MODULES or f"{module}.".startswith((_TORCH_LAYERS, *trusted))
+
+
+def _prefixes(trusted: Iterable[str]) -> tuple[str, ...]:
+    """The module prefixes ``trusted`` names; one string is refused, as ``tuple`` would split it into
+    letters, each of which would be trusted."""
+    prefixes = () if isinstance(trusted, str) else tuple(trusted)
+    if isinstance(trusted, str) or not all(isinstance(prefix, str) for prefix in prefixes):
+        raise TypeError(f"expected trusted to be a tuple of module prefixes such as ('myproject.',), got {trusted!r}")
+    return prefixes
+
+
+class _OverBudget(Exception):
+    """A description asked for more than its file allows; ``expected`` says what the file allows."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+class _Rebuild:
+    """One rebuild of a description: imports only allowed classes; errors name the JSON path."""
+
+    def __init__(self, file: str, trusted: tuple[str, ...]) -> None:
+        self.file, self.trusted = file, trusted
+        self.built: dict[str, nn.Module] = {}  # reference ("model.encoder") -> part
+
+    def error(self, where: str, expected: str, got: str) -> ValueError:
+        return ValueError(f"{where} in {self.file!r}: expected {expected}, got {got}")
+
+    def model(self, spec: Any) -> nn.Module:
+        """The model that ``spec`` (the description's ``"model"``) describes."""
+        if not (isinstance(spec, dict) and "class" in spec):
+            raise self.error("model", 'a part {"class": ..., "args": {...}}', _show.repr(spec))
+        return self.value(spec, "model", "model", 2)
+
+    def value(self, spec: Any, where: str, ref: str, depth: int) -> Any:
+        """The value ``spec`` describes, found at JSON path ``where``, ``depth`` levels deep.
+
+        ``ref`` is the name other parts use to refer to it: the path without its ``args``.
+        """
+        if depth > _MAX_DEPTH:
+            raise self.error(where, f"a description nested at most {_MAX_DEPTH} deep", "one nested deeper")
+        if isinstance(spec, list):  # plain values are taken as they are: a long list costs little
+            return tuple(
+                self.value(v, f"{where}[{i}]", f"{ref}[{i}]", depth + 1) if isinstance(v, (list, dict)) else v
+                for i, v in enumerate(spec)
+            )
+        if not isinstance(spec, dict):
+            return spec
+        keys = sorted(spec)
+        if keys == ["ref"]:
+            return self.reference(spec["ref"], f"{where}.ref")
+        if keys == ["type"]:
+            return self.import_class(spec["type"], f"{where}.type", module_class=False)
+        if keys == ["args", "class"]:
+            return self.part(spec, where, ref, depth)
+        raise self.error(
+            where,
+            'a part {"class", "args"}, a class {"type"} or a reference {"ref"}',
+            f"an object with keys {_show.repr(keys)}",
+        )
+
+    def reference(self, name: Any, where: str) -> nn.Module:
+        if not isinstance(name, str) or name not in self.built:
+            raise self.error(where, f"a part built before this one, one of {sorted(self.built)}", _show.repr(name))
+        return self.built[name]
+
+    def part(self, spec: dict[str, Any], where: str, ref: str, depth: int) -> nn.Module:
+        """The module ``{"class": ..., "args": {...}}`` describes, built from the rebuilt arguments."""
+        cls = self.import_class(spec["class"], f"{where}.class", module_class=True)
+        if not isinstance(spec["args"], dict):
+            raise self.error(f"{where}.args", "an object of constructor arguments", _show.repr(spec["args"]))
+        args = {
+            name: self.value(v, f"{where}.args.{name}", f"{ref}.{name}", depth + 2) for name, v in spec["args"].items()
+        }
+        try:
+            part = cls(**args)
+        except _OverBudget as err:
+            raise self.error(where, err.expected, f"{_qualname(cls)} asking for more") from None
+        except Exception as err:
+            raise self.error(where, f"arguments that {_qualname(cls)} accepts", f"{type(err).__name__}: {err}") from err
+        self.built[ref] = part
+        return part
+
+    def import_class(self, name: Any, where: str, *, module_class: bool) -> type:
+        """The class ``name`` ("pkg.mod.Class"), imported only from an allowed module.
+
+        The module is the name up to its last dot, decided before anything is imported; the class
+        must be defined in that module (not reached through another module's attributes, so a
+        file cannot name ``genvae.io.os.system``), and be an ``nn.Module`` where ``module_class``.
+        """
+        refuse = self.error(
+            where,
+            f"a class defined in one of {list(PART_MODULES)}, under {_TORCH_LAYERS!r} or under a trusted prefix "
+            f"{list(self.trusted)}; pass trusted=('yourpackage.',) to load(...) to allow your own parts",
+            _show.repr(name),
+        )
+        if not isinstance(name, str) or not all(word.isidentifier() for word in name.split(".")):
+            raise refuse
+        module_name, _, class_name = name.rpartition(".")
+        if not module_name or not _allowed(module_name, self.trusted):
+            raise refuse
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise refuse from None
+        cls = vars(module).get(class_name)
+        if not isinstance(cls, type) or cls.__module__ != module_name or cls.__qualname__ != class_name:
+            raise refuse
+        if module_class and not issubclass(cls, nn.Module):
+            raise refuse
+        return cls
+
+
+def _created_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """The bytes the factory call ``func(*args, **kwargs)`` would allocate, learnt by repeating it on
+    the meta device, where nothing is allocated.
+
+    ``torch.randn`` is measured as ``torch.rand``, which takes the same arguments: on the meta
+    device it would load torch's Python meta kernels, a cost paid once but out of scale here.
+    """
+    probe = torch.rand if func is torch.randn else func
+    kept = {name: value for name, value in kwargs.items() if name not in _PLACEMENT_ARGS}
+    return probe(*args, **kept, device="meta").untyped_storage().nbytes()
+
+
+class _SizeBudget(TorchFunctionMode):
+    """Refuse a tensor created by size, before it is allocated, once the bytes so created would
+    exceed ``limit``."""
+
+    def __init__(self, limit: int, expected: str) -> None:
+        super().__init__()
+        self.limit, self.expected, self.created = limit, expected, 0
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in _SIZED_FACTORIES:
+            self.created += _created_bytes(func, args, kwargs)
+            if self.created > self.limit:
+                raise _OverBudget(self.expected)
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def _registration_limit(limit: int, expected: str) -> Iterator[None]:
+    """Raise :class:`_OverBudget` once more than ``limit`` modules, parameters and buffers have been
+    registered in the block. The hooks are global: modules built by other threads meanwhile count
+    too."""
+    count = 0
+
+    def count_one(module: nn.Module, name: str, value: object) -> None:
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise _OverBudget(expected)
+
+    registers = (
+        register_module_module_registration_hook,
+        register_module_parameter_registration_hook,
+        register_module_buffer_registration_hook,
+    )
+    handles = [register(count_one) for register in registers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _build(spec: Any, stored: dict[str, _Stored], file: str, trusted: tuple[str, ...]) -> nn.Module:
+    """The model ``spec`` describes, built on a budget of memory and modules taken from the file."""
+    stored_bytes = sum(tensor.nbytes for tensor in stored.values())
+    max_bytes = _CREATED_PER_STORED_BYTE * stored_bytes + _CREATED_ALLOWANCE
+    max_registered = _REGISTRATIONS_PER_TENSOR * len(stored) + _REGISTRATIONS_BASE
+    bytes_expected = (
+        f"tensors of at most {max_bytes} bytes in all ({_CREATED_PER_STORED_BYTE} times the file's {stored_bytes} "
+        f"bytes of tensors, plus {_CREATED_ALLOWANCE})"
+    )
+    registered_expected = (
+        f"at most {max_registered} modules, parameters and buffers in all ({_REGISTRATIONS_PER_TENSOR} per "
+        f"tensor in the file, plus {_REGISTRATIONS_BASE})"
+    )
+    with _SizeBudget(max_bytes, bytes_expected), _registration_limit(max_registered, registered_expected):
+        return _Rebuild(file, trusted).model(spec)
+
+
+# --------------------------------------------------------------------------- checking the tensors
+
+
+def _shared_names(model: nn.Module) -> list[tuple[torch.Tensor, list[str]]]:
+    """Each tensor of ``model``'s state dict with all its names (a VampPrior's encoder has two)."""
+    groups: dict[int, tuple[torch.Tensor, list[str]]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), (tensor, []))[1].append(name)
+    return list(groups.values())
+
+
+def _fits(tensor: torch.Tensor, stored: _Stored) -> bool:
+    """Whether ``stored`` loads into ``tensor``: the same shape, and the same dtype, or both
+    floating (the model is then cast to the file's precision)."""
+    same_kind = stored.dtype == tensor.dtype or (stored.dtype.is_floating_point and tensor.dtype.is_floating_point)
+    return tuple(tensor.shape) == stored.shape and same_kind
+
+
+def _check_tensors(model: nn.Module, stored: dict[str, _Stored], file: str) -> dict[str, list[str]]:
+    """Check that the file holds exactly ``model``'s tensors, each under one of its names.
+
+    Shared tensors are stored once (as ``safetensors.torch.save_model`` writes them). Returns, for
+    each stored name, the model's other names of the same tensor.
+    """
+    mismatch = f"the weights in {file!r} do not match their description"
+    aliases, known = {}, set()
+    for tensor, names in _shared_names(model):
+        known.update(names)
+        found = [name for name in names if name in stored]
+        if not found:
+            raise ValueError(
+                f"{mismatch}: expected a tensor {names[0]!r} of shape {tuple(tensor.shape)} {tensor.dtype}, "
+                "got no such tensor in the file"
+            )
+        for name in found:
+            if not _fits(tensor, stored[name]):
+                raise ValueError(
+                    f"{mismatch}: expected {name!r} of shape {tuple(tensor.shape)} {tensor.dtype}, "
+                    f"got shape {stored[name].shape} {stored[name].dtype} in the file"
+                )
+        aliases[found[0]] = [name for name in names if name not in stored]
+    unexpected = sorted(set(stored) - known)
+    if unexpected:
+        raise ValueError(
+            f"{mismatch}: expected only the description's tensors, got {unexpected[0]!r} of shape "
+            f"{stored[unexpected[0]].shape}, which the description does not build"
+        )
+    return aliases
+
+
+def _read_tensors(data: bytes, file: str) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``data``, copied out of it."""
+    try:
+        return load_tensors(data)
+    except SafetensorError as err:
+        raise ValueError(f"expected a safetensors file at {file!r}, could not read its tensors: {err}") from None
+
+
+def _load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], aliases: dict[str, list[str]], file: str) -> None:
+    """Copy ``tensors`` into ``model``, each shared tensor under all its names."""
+    for name, others in aliases.items():
+        for other in others:
+            tensors[other] = tensors[name]
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"the weights in {file!r} do not match their description: {err}") from None
+
+
+# --------------------------------------------------------------------------- load
+
+
 def load(
     path: str | os.PathLike[str],
     *,
@@ -140,6 +591,12 @@ def load(
     trusted: Iterable[str] = (),
 ) -> nn.Module:
     """Rebuild a model saved by :func:`save` (or a run folder holding ``model.safetensors``).
+
+    Nothing in the file is trusted: classes come only from genvae's part modules, torch's layers
+    and ``trusted``; the model is built on a budget of memory and modules taken from the file's
+    tensors (your own parts' constructors too), and its tensors are compared with the file's before
+    the weights are read (see the module docstring). A run folder's model file is verified against
+    its manifest.
 
     Args:
         path: the file or run folder.
@@ -151,29 +608,22 @@ def load(
 
     Raises:
         FileNotFoundError: no such file or run folder.
-        ValueError: not a genvae file, or weights that do not match the description.
+        TypeError: ``trusted`` is not a collection of strings.
+        ValueError: not a genvae file, a description that is malformed or names a class outside the
+            allowed modules, weights that do not match the description, or a run folder's file
+            that does not match its manifest.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"expected a genvae model file or run folder, got {str(path)!r}, which does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = (f.metadata() or {}).get(FORMAT)
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"expected a safetensors file at {str(path)!r}, could not read it: {err}") from None
-    if header is None:
-        raise ValueError(f"expected a genvae description in the header of {str(path)!r}, found none")
-    spec = json.loads(header)
-    if spec.get("format") != FORMAT or spec.get("version") != VERSION:
-        raise ValueError(
-            f"expected format {FORMAT!r} version {VERSION} in {str(path)!r}, "
-            f"got {spec.get('format')!r} version {spec.get('version')!r}"
-        )
-    model = _build(spec["model"], "model", {}, _DEFAULT_TRUSTED + tuple(trusted))
-    try:
-        load_model(model, str(path), strict=True, device=str(map_location))
-    except (RuntimeError, SafetensorError) as err:
-        raise ValueError(f"the weights in {str(path)!r} do not match their description: {err}") from None
+    prefixes = _prefixes(trusted)
+    data, file = _read(Path(path))
+    header, start = _header(data, file)
+    stored = _stored_tensors(header, len(data) - start, file)
+    spec = _description(header, file)
+    tensors = _read_tensors(data, file)
+    del data  # the tensors hold a copy: the model is built without the file's bytes held as well
+    model = _build(spec.get("model"), stored, file, prefixes)
+    aliases = _check_tensors(model, stored, file)
+    floats = {s.dtype for s in stored.values() if s.dtype.is_floating_point}
+    if len(floats) == 1:
+        model.to(floats.pop())  # the precision it was saved in: a float64 model loads as float64
+    _load_weights(model, tensors, aliases, file)
     return model.to(map_location).eval()

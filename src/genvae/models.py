@@ -115,7 +115,8 @@ class _LatentVariableModel(nn.Module):
     # ------------------------------------------------------------------ checks
     def _check(self, x: Tensor, y: Tensor | None, name: str = "x") -> None:
         check_data(name, x, self.data_shape)
-        dtype = next(self.parameters()).dtype
+        weight = next(self.parameters(), None)
+        dtype = weight.dtype if weight is not None else x.dtype  # a model without weights takes any precision
         if x.dtype != dtype:
             raise ValueError(
                 f"expected {name} of the model's dtype {dtype}, got {x.dtype}; cast it with {name}.to({dtype})"
