@@ -1,6 +1,6 @@
 """fit's training loops timed for two source trees of genvae, alternately, in fresh processes.
 
-    python benchmarks/compare_trees.py OLD_SRC NEW_SRC [--rounds 3] [--threads 2]
+    python benchmarks/compare_trees.py OLD_SRC NEW_SRC [--rounds 3] [--threads 2] [--json FILE]
 
 For a change that touches the training step: check out the previous commit beside this one
 (``git worktree add ../base HEAD~1``) and pass both ``src`` folders. Each round runs, for each tree
@@ -18,6 +18,7 @@ import json
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 LOOPS = {"eager": {}, "compile": {"compile": True}}
 
@@ -53,6 +54,7 @@ def main() -> None:
     p.add_argument("new")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, help="also write the runs and medians to this JSON file")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -67,6 +69,10 @@ def main() -> None:
             runs[side].append(json.loads(line))
             print(side, runs[side][-1], flush=True)
     print("| loop | old img/s | new img/s | new/old (medians) | new/old per round |\n|---|---|---|---|---|")
+    if args.json is not None:
+        medians = {side: {loop: statistics.median(r[loop] for r in runs[side]) for loop in LOOPS} for side in runs}
+        record = {"old": args.old, "new": args.new, "threads": args.threads, "runs": runs, "medians": medians}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
     for loop in LOOPS:
         old = [r[loop] for r in runs["old"]]
         new = [r[loop] for r in runs["new"]]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import numpy as np
 import pytest
 import torch
 
@@ -258,3 +259,69 @@ def test_info_and_sample_on_a_one_epoch_run(tmp_path, capsys):
     target = tmp_path / "new" / "folder" / "s.png"
     assert main(["sample", str(run), "--n", "4", "-o", str(target), "--device", "cpu"]) == 0
     assert target.is_file() and f"created folder {target.parent}" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def bars_npz(tmp_path_factory) -> Path:
+    """A labelled 8-bit image file of two classes (bars across or down), 16 × 16."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (300,), generator=g)
+    x = torch.zeros(300, 1, 16, 16)
+    x[y == 0, 0, 6:10, 2:14] = 1
+    x[y == 1, 0, 2:14, 6:10] = 1
+    x = ((0.8 * x + 0.1 + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1) * 255).round().to(torch.uint8)
+    path = tmp_path_factory.mktemp("data") / "bars.npz"
+    np.savez(path, x=x.numpy(), y=y.numpy())
+    return path
+
+
+def test_train_eval_sample_and_info_on_a_users_file(bars_npz, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GENVAE_DATA", str(tmp_path / "cache"))  # the classifier trained for --fid goes here
+    run = tmp_path / "run"
+    args = ["train", "--data", str(bars_npz), "--epochs", "2", "--latent-dim", "2", "--hidden", "32"]
+    assert main([*args, "--model", "cvae", "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads((run / "config.json").read_text())["dataset"] == str(bars_npz.resolve())
+    monkeypatch.chdir(tmp_path)  # eval finds the data wherever it is run from
+    assert main(["eval", str(run), "--iw-samples", "10", "--fid", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((run / "eval.json").read_text())
+    assert result["num_test_images"] == 30 and result["iw_samples"] == 10  # a file's test split is a tenth of it
+    assert result["test_iw_bits_per_dim"] == pytest.approx(result["test_iw_nll"] / (256 * np.log(2)))
+    assert 0 <= result["conditional_accuracy"] <= 1 and result["fid"] >= 0
+    assert "bits/dim" in out and "conditional accuracy" in out
+    assert main(["sample", str(run), "--label", "1", "--n", "4", "-o", str(tmp_path / "s.png"), "--device", "cpu"]) == 0
+    assert main(["info", str(run)]) == 0
+    assert f"data       {bars_npz.resolve()}" in capsys.readouterr().out
+
+
+def test_eval_and_info_on_a_folder_fit_wrote(bars_npz, tmp_path, capsys):
+    from genvae.data import load_data
+
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    model = build_model(RunConfig(latent_dim=2, hidden=(16,)), (1, 16, 16), 2)
+    fit(model, load_data(bars_npz, "train"), epochs=1, batch_size=64, device="cpu", out=run, progress=False)
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"data       {bars_npz.resolve()}, binarize none, 270 train examples" in out and "1 epoch," in out
+    assert main(["eval", str(run), "--iw-samples", "5", "--device", "cpu"]) == 0  # the data fit.json records
+    assert json.loads((run / "eval.json").read_text())["num_test_images"] == 30
+    tensors = tmp_path / "tensors"
+    fit(model, load_data(bars_npz, "train").images, epochs=1, device="cpu", out=tensors, progress=False)
+    assert main(["eval", str(tensors), "--device", "cpu"]) == 2
+    assert "pass --data" in capsys.readouterr().err
+    assert main(["eval", str(tensors), "--data", str(bars_npz), "--iw-samples", "5", "--device", "cpu"]) == 0
+
+
+def test_vectors_from_a_file_and_flags_that_do_not_fit_them(tmp_path, capsys):
+    path = tmp_path / "v.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32))
+    base = ["train", "--data", str(path), "--epochs", "1", "--device", "cpu", "--no-progress"]
+    assert main([*base, "--arch", "conv", "--likelihood", "gaussian", "--out", str(tmp_path / "a")]) == 2
+    assert "--arch conv" in capsys.readouterr().err
+    assert main([*base, "--model", "cvae", "--likelihood", "gaussian", "--out", str(tmp_path / "b")]) == 2
+    assert "needs labelled data" in capsys.readouterr().err
+    assert main([*base, "--likelihood", "gaussian", "--out", str(tmp_path / "c")]) == 0
+    assert not (tmp_path / "c" / "samples.png").exists()  # no figures of vectors
+    assert main(["sample", str(tmp_path / "c"), "-o", str(tmp_path / "x.png"), "--device", "cpu"]) == 2
+    assert "images (C, H, W)" in capsys.readouterr().err

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from genvae.data import mnist as D
 from genvae.data import BatchLoader, ImageDataset, fetch_mnist, load_mnist, synthetic_digits
+from genvae.data import mnist as D
 
 
 class _Evil:

@@ -21,6 +21,7 @@ import torch
 from . import __version__, runfolder
 from ._files import write_json
 from .config import CHOICES, DEFAULT_IW_K, RunConfig, build_model, build_objective, read_config
+from .data.sources import DATASETS
 from .io import load
 
 __all__ = ["main"]
@@ -75,8 +76,16 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and write a run folder")
     t.add_argument("--config", type=Path, help="TOML file of settings (flags given here override it)")
+    t.add_argument(
+        "--data",
+        "--dataset",
+        dest="dataset",
+        metavar="NAME|PATH",
+        help=f"a data set ({', '.join(DATASETS)}) or a .npz/.npy/.pt file or image folder (default mnist)",
+    )
     for name, allowed in CHOICES.items():
         t.add_argument(f"--{name.replace('_', '-')}", choices=allowed, default=None)
+    t.add_argument("--logistic-components", type=_positive(int), help="logistic-mixture components (default 10)")
     t.add_argument("--hidden", type=_ints, help="hidden sizes, e.g. 400 or 512,256 (default 400; conv: 128)")
     t.add_argument("--channels", type=_ints, help="conv encoder channels (default 32,64)")
     t.add_argument("--latent-dim", type=_positive(int))
@@ -122,6 +131,10 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a run on the test set")
     e.add_argument("run", type=Path)
+    e.add_argument("--data", help="test data: a data set name or a path (default: the run's)")
+    e.add_argument(
+        "--fid", action="store_true", help="also FID and conditional accuracy (a classifier is trained on first use)"
+    )
     e.add_argument(
         "--iw-samples", type=_positive(int), default=1000, help="importance samples K for the NLL (default 1000)"
     )
@@ -162,24 +175,55 @@ def _read_run_config(run: Path) -> RunConfig:
         raise _UserError(f"expected a valid config.json in {str(run)!r}: {err}") from None
 
 
-def _load_run(run: Path, device: str = "cpu") -> tuple[Any, RunConfig]:
+def _load_run(run: Path, device: str = "cpu") -> tuple[Any, RunConfig | None]:
+    """The model of a run folder and its ``config.json`` (None for a folder ``fit(out=…)`` wrote)."""
     from .train import resolve_device
 
     if not run.is_dir():
         raise _UserError(f"expected a run folder, got {str(run)!r}, which is not a folder")
-    cfg = _read_run_config(run)
+    cfg = _read_run_config(run) if (run / "config.json").is_file() else None
+    if cfg is None and not (run / "model.safetensors").is_file() and not (run / runfolder.MANIFEST).is_file():
+        raise _UserError(f"expected a genvae run folder (config.json or model.safetensors) at {str(run)!r}")
     model = load(run, map_location=resolve_device(device))
     return model, cfg
 
 
-def _data(cfg: RunConfig, split: str, binarize: str | None = None, subset: int | None = None):
-    from .data import load_mnist
+def _fit_record(run: Path) -> dict[str, Any]:
+    """``fit.json`` of a run folder (the data and the training call), or {} without one."""
+    path = run / "fit.json"
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as err:
+        raise _UserError(f"expected valid JSON in {str(path)!r}: {err}") from None
+    return record if isinstance(record, dict) else {}
+
+
+def _load(name: str, split: str, binarize: str, seed: int, subset: int | None = None):
+    """``split`` of the data set or file ``name``, cut to ``subset`` examples; errors as one line."""
+    from .data.sources import load_data
 
     try:
-        data = load_mnist(split, binarize=binarize or cfg.binarize, seed=cfg.seed)
+        data = load_data(name, split, binarize=binarize, seed=seed)  # type: ignore[arg-type]
     except (RuntimeError, OSError) as err:  # a corrupt or unreachable file: the message says which and what to do
         raise _UserError(str(err)) from None
     return data.subset(subset) if subset is not None and subset < len(data) else data
+
+
+def _run_test_data(run: Path, cfg: RunConfig | None, args: argparse.Namespace):
+    """The test data of a run: ``--data`` if given, else what ``config.json`` or ``fit.json`` records."""
+    record = _fit_record(run)
+    recorded = record.get("test") or record.get("train") or {}
+    name = args.data or (cfg.dataset if cfg is not None else recorded.get("source"))
+    if name is None:
+        raise _UserError(
+            f"{str(run)!r} does not record which data it was trained on (fit was given tensors or a Dataset); "
+            "pass --data NAME or --data PATH"
+        )
+    binarize = args.binarize or (cfg.binarize if cfg is not None else recorded.get("binarize", "none"))
+    seed = cfg.seed if cfg is not None else int(record.get("seed", 0))
+    return _load(name, "test", binarize, seed, args.test_subset)
 
 
 #: Settings a resumed run may change; every other flag must agree with the run's config.json.
@@ -206,6 +250,9 @@ def _train(args: argparse.Namespace) -> None:
     settings = read_config(args.config) if args.config else {}
     names = {f.name for f in fields(RunConfig)}
     settings.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    data = settings.get("dataset")
+    if isinstance(data, str) and data not in DATASETS and Path(data).exists():
+        settings["dataset"] = str(Path(data).resolve())  # so that eval finds it from any folder
     cfg = RunConfig(**settings)  # every setting is checked before the data or the disk are touched
     if cfg.out is None:
         if args.resume:
@@ -245,8 +292,10 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
         cfg = _resumed(_read_run_config(run), settings)
         cfg.out = str(run)
 
-    train = _data(cfg, "train", subset=cfg.train_subset)
-    test = _data(cfg, "test", subset=cfg.test_subset)
+    train = _load(cfg.dataset, "train", cfg.binarize, cfg.seed, cfg.train_subset)
+    test = _load(cfg.dataset, "test", cfg.binarize, cfg.seed, cfg.test_subset)
+    if cfg.model == "cvae" and train.labels is None:
+        raise _UserError(f"--model cvae needs labelled data, but {cfg.dataset!r} has no labels")
     torch.manual_seed(cfg.seed)  # the initial weights, so that a seed repeats a run
     model = build_model(cfg, train.data_shape, train.num_classes)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -254,7 +303,7 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
     write_json(run / "config.json", cfg.to_dict())
     print(
         f"training {cfg.model} ({cfg.arch}, z={cfg.latent_dim}, {cfg.likelihood}, {cfg.prior} prior) "
-        f"with {objective!r} on {len(train)} {cfg.dataset} images for {_plural(cfg.epochs, 'epoch')} → {run}",
+        f"with {objective!r} on {len(train)} {cfg.dataset} examples for {_plural(cfg.epochs, 'epoch')} → {run}",
         file=sys.stderr,
     )
     result = fit(
@@ -294,7 +343,8 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
             "epochs": len(result.history),
         },
     )
-    _figures(model, test, run, save_grid, save_reconstructions)
+    if _is_image(train.data_shape):
+        _figures(model, test, run, save_grid, save_reconstructions)
     save_loss_curves(result.history, run / "loss.png", title=f"{cfg.model.upper()} on {cfg.dataset}")
     print(f"test −ELBO {summary.loss:.2f} nats per image; run folder: {run}")
 
@@ -318,18 +368,30 @@ def _figures(model, test, run: Path, save_grid, save_reconstructions) -> None:
     save_reconstructions(x, model.reconstruct(x, y), run / "reconstructions.png", nrow=8)
 
 
+def _is_image(shape: tuple[int, ...] | None) -> bool:
+    """Whether examples of ``shape`` are images ``(C, H, W)`` a figure can show (1 or 3 channels)."""
+    return shape is not None and len(shape) == 3 and shape[0] in (1, 3)
+
+
 def _eval(args: argparse.Namespace) -> None:
     from .metrics.likelihood import evaluate_elbo, evaluate_iw_nll
 
     model, cfg = _load_run(args.run, args.device)
-    test = _data(cfg, "test", args.binarize, args.test_subset)
+    test = _run_test_data(args.run, cfg, args)
+    print(
+        f"evaluating {len(test)} test examples: single-sample ELBO, then the importance-weighted bound with "
+        f"K = {args.iw_samples}",
+        file=sys.stderr,
+    )
     t0 = time.perf_counter()
     elbo = evaluate_elbo(model, test, batch_size=max(args.batch_size, 500), seed=args.seed)
     nll = evaluate_iw_nll(model, test, args.iw_samples, batch_size=args.batch_size, seed=args.seed)
     seconds = time.perf_counter() - t0
+    dims = math.prod(test.data_shape)
     result = {
+        "data": args.data or (cfg.dataset if cfg is not None else test.source),
         "num_test_images": elbo.num_examples,
-        "binarize": args.binarize or cfg.binarize,
+        "binarize": test.binarize,
         "test_neg_elbo": elbo.loss,
         "test_kl": elbo.kl,
         "test_log_likelihood": elbo.log_likelihood,
@@ -338,13 +400,51 @@ def _eval(args: argparse.Namespace) -> None:
         "seconds": seconds,
         "units": "nats per image",
     }
+    image = len(test.data_shape) == 3
+    if image:  # bits per dimension: nats / (number of sub-pixels · ln 2)
+        result["test_iw_bits_per_dim"] = nll / (dims * math.log(2))
+        result["test_neg_elbo_bits_per_dim"] = elbo.loss / (dims * math.log(2))
+    not_applicable = []
+    if args.fid:
+        result.update(_sample_metrics(model, test, args, not_applicable))
     write_json(args.run / "eval.json", result)
-    print(f"{'metric':<34}{'nats/image':>12}")
-    print(f"{'−ELBO (single sample)':<34}{elbo.loss:>12.2f}")
-    print(f"{'  KL(q‖p)':<34}{elbo.kl:>12.2f}")
-    print(f"{'  −E_q log p(x|z)':<34}{-elbo.log_likelihood:>12.2f}")
-    print(f"{f'NLL (IW bound, K={args.iw_samples})':<34}{nll:>12.2f}")
-    print(f"({elbo.num_examples} test images, {seconds:.1f} s; written to {args.run / 'eval.json'})")
+    print(f"{'metric':<34}{'nats/image':>12}" + (f"{'bits/dim':>10}" if image else ""))
+    for label, value in (
+        ("−ELBO (single sample)", elbo.loss),
+        ("  KL(q‖p)", elbo.kl),
+        ("  −E_q log p(x|z)", -elbo.log_likelihood),
+        (f"NLL (IW bound, K={args.iw_samples})", nll),
+    ):
+        bits = f"{value / (dims * math.log(2)):>10.3f}" if image and not label.startswith("  ") else ""
+        print(f"{label:<34}{value:>12.2f}{bits}")
+    for name in ("fid", "conditional_accuracy"):
+        if name in result:
+            print(f"{name.replace('_', ' '):<34}{result[name]:>12.4g}")
+    for line in not_applicable:
+        print(line)
+    print(f"({elbo.num_examples} test examples, {seconds:.1f} s; written to {args.run / 'eval.json'})")
+
+
+def _sample_metrics(model, test, args: argparse.Namespace, not_applicable: list[str]) -> dict[str, float]:
+    """FID and (for a conditional model) conditional accuracy, in the features of a classifier
+    trained for the test data; a metric that does not apply is named in ``not_applicable``."""
+    from .metrics.classifier import classifier_for, conditional_accuracy
+    from .metrics.fid import sample_fid
+
+    if not _is_image(test.data_shape) or test.labels is None:
+        why = "labelled images (C, H, W)" if test.labels is None else f"images, not data of shape {test.data_shape}"
+        not_applicable.append(f"FID and conditional accuracy do not apply: they need {why}")
+        return {}
+    device = next(model.parameters()).device
+    name = args.data or test.source
+    classifier = classifier_for(name, test.binarize, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    out = {"fid": sample_fid(model, test, classifier, n=min(len(test), 10_000), generator=generator)}
+    if model.num_classes is not None:
+        out["conditional_accuracy"] = conditional_accuracy(model, classifier, generator=generator)
+    else:
+        not_applicable.append("conditional accuracy does not apply: the model is unconditional")
+    return out
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -357,13 +457,16 @@ def _sample(args: argparse.Namespace) -> None:
     if args.label is not None:
         if model.num_classes is None:
             raise _UserError(
-                f"--label needs a conditional model, but {str(args.run)!r} holds an unconditional {cfg.model}"
+                f"--label needs a conditional model, but {str(args.run)!r} holds an unconditional "
+                f"{type(model).__name__}"
             )
         if not 0 <= args.label < model.num_classes:
             raise _UserError(f"expected --label in 0..{model.num_classes - 1}, got {args.label}")
         y = torch.full((args.n,), args.label, dtype=torch.long, device=device)
-    elif model.num_classes is not None and cfg.model == "cvae":
+    elif model.num_classes is not None:
         y = torch.arange(args.n, device=device) % model.num_classes
+    if not _is_image(model.data_shape):
+        raise _UserError(f"expected a model of images (C, H, W) to draw a PNG, got data of shape {model.data_shape}")
     images = model.sample(args.n, y, generator=torch.Generator(device=device).manual_seed(args.seed))
     folder = args.output.parent
     if not folder.is_dir():
@@ -382,14 +485,25 @@ def _info(args: argparse.Namespace) -> None:
         f"{type(model.likelihood).__name__} likelihood, {type(model.prior).__name__} prior"
     )
     print(f"latent     {model.latent_dim}   data {model.data_shape}   parameters {n_params:,}")
-    print(
-        f"training   {_plural(cfg.epochs, 'epoch')}, batch {cfg.batch_size}, lr {cfg.lr}, "
-        f"binarize {cfg.binarize}, seed {cfg.seed}"
-    )
-    schedule = "" if cfg.beta_schedule == "constant" else f", {cfg.beta_schedule} over {cfg.warmup_epochs} epochs"
-    free_bits = "" if cfg.free_bits is None else f", free bits {cfg.free_bits} nats"
-    k = cfg.k or (DEFAULT_IW_K if cfg.objective in ("iwae", "dreg") else 1)
-    print(f"objective  {cfg.objective}, k {k}, β {cfg.beta}{schedule}{free_bits}")
+    if cfg is not None:
+        print(
+            f"data       {cfg.dataset}, binarize {cfg.binarize}, subsets {cfg.train_subset or 'all'} train / "
+            f"{cfg.test_subset or 'all'} test"
+        )
+        print(f"training   {_plural(cfg.epochs, 'epoch')}, batch {cfg.batch_size}, lr {cfg.lr}, seed {cfg.seed}")
+        schedule = "" if cfg.beta_schedule == "constant" else f", {cfg.beta_schedule} over {cfg.warmup_epochs} epochs"
+        free_bits = "" if cfg.free_bits is None else f", free bits {cfg.free_bits} nats"
+        k = cfg.k or (DEFAULT_IW_K if cfg.objective in ("iwae", "dreg") else 1)
+        print(f"objective  {cfg.objective}, k {k}, β {cfg.beta}{schedule}{free_bits}")
+    elif record := _fit_record(args.run):
+        train = record.get("train") or {}
+        source = train.get("source") or f"a {train.get('type', 'tensor')} (not recorded)"
+        print(f"data       {source}, binarize {train.get('binarize')}, {train.get('size')} train examples")
+        print(
+            f"training   {_plural(int(record.get('epochs', 0)), 'epoch')}, batch {record.get('batch_size')}, "
+            f"lr {record.get('lr')}, seed {record.get('seed')}"
+        )
+        print(f"objective  {record.get('objective')}")
     try:
         records = json.loads(runfolder.read_member(args.run, "history.json"))
     except FileNotFoundError:

@@ -26,10 +26,9 @@ else:  # pragma: no cover
 __all__ = ["CHOICES", "RunConfig", "build_model", "build_objective", "read_config"]
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": ("mnist",),
     "model": ("vae", "cvae"),
     "arch": ("mlp", "conv"),
-    "likelihood": ("bernoulli", "continuous-bernoulli", "gaussian"),
+    "likelihood": ("bernoulli", "continuous-bernoulli", "gaussian", "discretized-logistic", "logistic-mixture"),
     "learn_sigma": ("none", "global", "pixel"),
     "prior": ("standard", "learned", "mog", "vamp", "conditional"),
     "binarize": ("none", "static", "dynamic"),
@@ -47,7 +46,7 @@ class RunConfig:
     (Kingma & Welling 2014 / the PyTorch example): MLP 784-400-20, Bernoulli on grayscale pixels,
     Adam 1e-3, batch 128."""
 
-    dataset: str = "mnist"
+    dataset: str = "mnist"  # a name of genvae.data.DATASETS, or the path of a data file or image folder
     model: str = "vae"  # "cvae" conditions encoder and decoder on the one-hot label
     arch: str = "mlp"
     hidden: tuple[int, ...] | None = None  # None: (400,) for mlp, 128 for conv
@@ -56,6 +55,7 @@ class RunConfig:
     likelihood: str = "bernoulli"
     sigma: float = 1.0  # Gaussian σ (initial value when learned)
     learn_sigma: str = "none"  # Gaussian: fixed σ, one learned σ, or one per pixel
+    logistic_components: int = 10  # logistic-mixture: components per pixel (PixelCNN++ uses 10)
     prior: str = "standard"
     components: int = 10  # mixture-of-Gaussians prior
     pseudo_inputs: int = 500  # VampPrior, as in Tomczak & Welling (2018)
@@ -88,7 +88,9 @@ class RunConfig:
         if self.hidden is not None:
             self.hidden = shape_tuple("hidden", self.hidden)
         self.channels = shape_tuple("channels", self.channels)
-        for name in ("latent_dim", "components", "pseudo_inputs", "epochs", "batch_size"):
+        if not (isinstance(self.dataset, str) and self.dataset):
+            raise TypeError(f"expected dataset to be a data set name or a path, got {self.dataset!r}")
+        for name in ("latent_dim", "components", "pseudo_inputs", "epochs", "batch_size", "logistic_components"):
             positive_int(name, getattr(self, name))
         for name in ("k", "train_subset", "test_subset"):
             if getattr(self, name) is not None:
@@ -178,28 +180,38 @@ def build_objective(cfg: RunConfig, steps_per_epoch: int) -> Objective:
     return ELBO(beta, k=cfg.k or 1)
 
 
+def _likelihood(cfg: RunConfig, data_shape: tuple[int, ...]) -> Any:
+    event_dims = len(data_shape)
+    if cfg.likelihood == "bernoulli":
+        return likelihoods.Bernoulli(event_dims=event_dims)
+    if cfg.likelihood == "continuous-bernoulli":
+        return likelihoods.ContinuousBernoulli(event_dims=event_dims)
+    if cfg.likelihood == "discretized-logistic":
+        return likelihoods.DiscretizedLogistic(event_dims=event_dims)
+    if cfg.likelihood == "logistic-mixture":
+        return likelihoods.DiscretizedLogisticMixture(cfg.logistic_components, event_dims=event_dims)
+    shape = data_shape if cfg.learn_sigma == "pixel" else ()
+    return likelihoods.Gaussian(cfg.sigma, learned=cfg.learn_sigma != "none", shape=shape, event_dims=event_dims)
+
+
 def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int) -> LatentVariableModel:
     """The VAE or CVAE that ``cfg`` describes, for data of ``data_shape`` with ``num_classes`` labels."""
     k = num_classes if cfg.model == "cvae" else None
+    likelihood = _likelihood(cfg, data_shape)
+    out_shape = likelihood.param_shape(data_shape)  # the decoder's output: the likelihood's parameters
     if cfg.arch == "mlp":
         hidden = cfg.hidden or (400,)
         encoder = nets.MLPEncoder(data_shape, cfg.latent_dim, hidden=hidden, num_classes=k)
-        decoder = nets.MLPDecoder(cfg.latent_dim, data_shape, hidden=tuple(reversed(hidden)), num_classes=k)
+        decoder = nets.MLPDecoder(cfg.latent_dim, out_shape, hidden=tuple(reversed(hidden)), num_classes=k)
     else:
+        if len(data_shape) != 3:
+            raise ValueError(
+                f"expected images (C, H, W) for --arch conv, got data of shape {data_shape}; use --arch mlp"
+            )
         hidden = (cfg.hidden or (128,))[0]
         encoder = nets.ConvEncoder(data_shape, cfg.latent_dim, channels=cfg.channels, hidden=hidden, num_classes=k)
         decoder = nets.ConvDecoder(
-            cfg.latent_dim, data_shape, channels=tuple(reversed(cfg.channels)), hidden=hidden, num_classes=k
-        )
-    event_dims = len(data_shape)
-    if cfg.likelihood == "bernoulli":
-        likelihood: Any = likelihoods.Bernoulli(event_dims=event_dims)
-    elif cfg.likelihood == "continuous-bernoulli":
-        likelihood = likelihoods.ContinuousBernoulli(event_dims=event_dims)
-    else:
-        shape = data_shape if cfg.learn_sigma == "pixel" else ()
-        likelihood = likelihoods.Gaussian(
-            cfg.sigma, learned=cfg.learn_sigma != "none", shape=shape, event_dims=event_dims
+            cfg.latent_dim, out_shape, channels=tuple(reversed(cfg.channels)), hidden=hidden, num_classes=k
         )
     if cfg.prior == "standard":
         prior: Any = priors.StandardNormal(cfg.latent_dim)

@@ -41,7 +41,16 @@ class Decoder(Protocol):
 
 @runtime_checkable
 class Likelihood(Protocol):
-    """Turns decoder output into the observation model p(x | z)."""
+    """Turns decoder output into the observation model p(x | z).
+
+    Optional members, read with ``getattr`` where present:
+
+    * ``param_shape(data_shape) -> tuple[int, ...]``: the decoder output shape per example for data
+      of ``data_shape``, e.g. ``(2C, H, W)`` for a location and a log-scale per sub-pixel; a
+      likelihood without it takes parameters of the data shape.
+    * ``event_dims``: the number of trailing data dims; a model sets it when it is None.
+    * ``support``: the ``torch.distributions.constraints`` object data must satisfy.
+    """
 
     def __call__(self, params: Tensor) -> Distribution:
         """``params (*S, B, ...)`` → distribution with event shape = data shape."""

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from . import runfolder
 from ._checks import positive_float, positive_int
+from ._files import write_json
 from ._graph import GraphedStep
 from ._step import CompiledAdamStep, compiles_whole
 from .data import AnyData, ImageDataset
@@ -51,6 +52,7 @@ __all__ = ["EpochStats", "FitResult", "fit", "resolve_device"]
 log = logging.getLogger("genvae.train")
 
 CHECKPOINT_FILE = "checkpoint.pt"
+FIT_FILE = "fit.json"  # the data and the training call, so that the run folder describes itself
 HISTORY_FILE = "history.json"
 
 
@@ -359,6 +361,8 @@ def _fit(
     if objective is None:
         objective = ELBO(LinearWarmup(beta, kl_warmup_epochs * steps_per_epoch) if kl_warmup_epochs else beta)
     count = torch.zeros((), dtype=torch.int64, device=dev)  # optimizer steps taken; drives β schedules
+    if run is not None and rank == 0:
+        write_json(run / FIT_FILE, _describe_fit(train, test, objective, epochs, batch_size, lr, seed))
 
     history: list[EpochStats] = []
     start = 0
@@ -470,6 +474,35 @@ def _fit(
                 for callback in callbacks:
                     callback(stats, model)
     return FitResult(history, run)
+
+
+def _describe_fit(
+    train: ImageDataset | Dataset,
+    test: ImageDataset | Dataset | None,
+    objective: Objective,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> dict[str, object]:
+    """What ``fit.json`` records: the data (where they came from, when known) and the training call."""
+
+    def data(d: ImageDataset | Dataset | None) -> dict[str, object] | None:
+        if d is None:
+            return None
+        if isinstance(d, ImageDataset):
+            return {"source": d.source, "binarize": d.binarize, "size": len(d), "data_shape": list(d.data_shape)}
+        return {"source": None, "binarize": "none", "size": len(d), "type": type(d).__name__}  # type: ignore[arg-type]
+
+    return {
+        "train": data(train),
+        "test": data(test),
+        "objective": repr(objective),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+    }
 
 
 def _step_scheduler(sched: torch.optim.lr_scheduler.LRScheduler, loss: float) -> None:

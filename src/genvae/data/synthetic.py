@@ -39,16 +39,23 @@ _SHAPES = [
 ]
 
 
-def synthetic_digits(n: int, *, seed: int = 0, size: int = 28, num_classes: int = 10) -> ImageDataset:
+def synthetic_digits(
+    n: int, *, seed: int = 0, size: int = 28, num_classes: int = 10, channels: int = 1
+) -> ImageDataset:
     """A small labelled image set drawn without any download, deterministic for a seed.
 
     Class ``c`` is a distinct stroke shape (ellipse, bar, Z, plus, X, square, triangle, seven, two
     rings, equals), antialiased and drawn with a random shift (±2 px), scale (0.85–1.05), rotation
-    (±10°), stroke width (2–3.5 px) and intensity; classes are balanced and shuffled.
+    (±10°), stroke width (2–3.5 px) and intensity; classes are balanced and shuffled. With
+    ``channels=3`` each shape is drawn in a random bright colour on a random dark one, a colour
+    set of CIFAR-10's shape with ``size=32``.
 
     Returns:
-        An :class:`ImageDataset` with images ``(n, 1, size, size)`` uint8 and labels ``(n,)``.
+        An [`ImageDataset`][genvae.data.dataset.ImageDataset] with images ``(n, channels, size, size)``
+        uint8 and labels ``(n,)``.
     """
+    if channels not in (1, 3):
+        raise ValueError(f"expected channels 1 or 3, got {channels!r}")
     positive_int("n", n)
     if positive_int("size", size) < 8:
         raise ValueError(f"expected size >= 8, got {size}")
@@ -83,5 +90,8 @@ def synthetic_digits(n: int, *, seed: int = 0, size: int = 28, num_classes: int 
             t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
             dist = torch.minimum(dist, (ap - t[..., None] * ab).norm(dim=-1))
         out[idx] = (width[idx, None] / 2 + 0.5 - dist / px).clamp(0, 1) * ink[idx, None]
-    images = out.mul_(255).round_().to(torch.uint8).view(n, 1, size, size)
+    if channels == 3:  # a stroke of colour fg over a background bg: bg + (fg − bg) · coverage
+        bg, fg = 0.5 * torch.rand(n, 3, 1, generator=g), 0.5 + 0.5 * torch.rand(n, 3, 1, generator=g)
+        out = bg + (fg - bg) * out[:, None]  # (n, 3, HW)
+    images = out.mul_(255).round_().to(torch.uint8).view(n, channels, size, size)
     return ImageDataset(images, labels, num_classes)

@@ -1,14 +1,17 @@
 """Metrics for trained models: likelihood bounds, reconstruction quality, sample quality.
 
 ``evaluate_elbo`` and ``iw_nll`` need only torch; SSIM and FID need the ``genvae[metrics]``
-extra (torchmetrics). genvae's FID uses the features of an MNIST classifier and is not comparable
-with Inception-FID numbers.
+extra (torchmetrics). genvae's FID uses the features of a classifier trained for the data set (MNIST's,
+or one trained on first use for any labelled image set) and is not comparable with Inception-FID
+numbers.
 """
 
 from .classifier import (
     MIN_ACCURACY,
+    ImageClassifier,
     MNISTClassifier,
     accuracy,
+    classifier_for,
     conditional_accuracy,
     mnist_classifier,
     train_classifier,
@@ -20,9 +23,11 @@ from .likelihood import ELBOSummary, eval_batches, evaluate_elbo, evaluate_iw_nl
 __all__ = [
     "MIN_ACCURACY",
     "ELBOSummary",
+    "ImageClassifier",
     "MNISTClassifier",
     "ReconstructionMetrics",
     "accuracy",
+    "classifier_for",
     "conditional_accuracy",
     "eval_batches",
     "evaluate_elbo",

@@ -1,9 +1,10 @@
-"""Fréchet distance between real and generated MNIST digits in the feature space of genvae's
-MNIST classifier.
+"""Fréchet distance between real and generated images in the feature space of a classifier trained
+for their data set.
 
 This is NOT the Inception FID of the image-generation literature: the features are the 128
-penultimate activations of :class:`~genvae.metrics.classifier.MNISTClassifier`, so the values rank
-models on MNIST and are not comparable with Inception-FID numbers. The Fréchet distance itself is
+penultimate activations of an [`ImageClassifier`][genvae.metrics.classifier.ImageClassifier] (or of
+any module with ``features`` the caller passes), so the values rank models on one data set and are
+not comparable with Inception-FID numbers. The Fréchet distance itself is
 computed by torchmetrics' ``FrechetInceptionDistance`` with this custom feature module.
 """
 
@@ -33,7 +34,7 @@ class _Features(nn.Module):
 
 @torch.no_grad()
 def fid(real: Tensor, fake: Tensor, classifier: nn.Module, *, batch_size: int = 1000) -> float:
-    """Fréchet distance between classifier features of ``real`` and ``fake`` ``(N, 1, 28, 28)`` in [0, 1].
+    """Fréchet distance between classifier features of ``real`` and ``fake`` ``(N, C, H, W)`` in [0, 1].
 
     ‖μ_r − μ_f‖² + Tr(Σ_r + Σ_f − 2 (Σ_r Σ_f)^½), features accumulated in float64.
     """
@@ -70,7 +71,7 @@ def sample_fid(
     n = min(positive_int("n", n), len(data))
     device = next(model.parameters()).device
     real = data.float_images()[:n]
-    y = data.labels[:n].to(device) if model.num_classes is not None else None
+    y = data.labels[:n].to(device) if model.num_classes is not None and data.labels is not None else None
     chunks = []
     for i in range(0, n, 1000):
         m = min(1000, n - i)
