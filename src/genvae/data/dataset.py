@@ -206,9 +206,9 @@ def as_float(x: Tensor, dtype: torch.dtype) -> Tensor:
 AnyData = ImageDataset | torch.utils.data.Dataset | Tensor | np.ndarray | tuple[Tensor, Tensor | None]
 """What ``fit`` and the metrics take: see [`as_dataset`][genvae.data.dataset.as_dataset]."""
 
-#: A map-style data set whose examples take more bytes than this is streamed by ``fit`` (through a
-#: ``DataLoader``) instead of being held in memory whole.
 IN_MEMORY_BYTES = 2**31
+"""A map-style data set whose examples take more bytes than this is streamed by ``fit`` (through a
+``DataLoader``) instead of being held in memory whole."""
 
 
 def item_tensors(item: object) -> tuple[Tensor, Tensor | None]:

@@ -124,10 +124,10 @@ class StreamingLoader:
     ``generator.get_state()`` at an epoch boundary is all a checkpoint needs to resume bit for bit.
     Workers read and collate the examples; pinned host memory speeds the copy to a GPU.
 
+    The other arguments are those of [`BatchLoader`][genvae.data.loader.BatchLoader].
+
     Args:
         dataset: a map-style data set whose items are ``x`` or ``(x, y)``.
-        batch_size, shuffle, drop_last, generator, device, rank, world_size, dtype: as for
-            [`BatchLoader`][genvae.data.loader.BatchLoader].
         num_workers: worker processes (default [`default_workers`][genvae.data.loader.default_workers]).
 
     Iterating yields ``(x, y)`` on ``device``: ``x (B, *shape)`` of ``dtype`` (uint8 items as

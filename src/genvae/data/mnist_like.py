@@ -59,9 +59,9 @@ class IdxImageSet:
 
 _MNIST_PREFIXES = {"train": "train", "test": "t10k"}
 FASHION_MNIST = IdxImageSet("Fashion-MNIST", "FashionMNIST", _MNIST_PREFIXES, 10)
+"""Zalando's Fashion-MNIST: 10 classes of clothing, MNIST's sizes and file layout."""
 KMNIST = IdxImageSet("KMNIST", "KMNIST", _MNIST_PREFIXES, 10)
-#: EMNIST's "balanced" split: 47 classes (digits, upper-case letters, and the lower-case letters
-#: that do not look like their capitals); torchvision itself returns these images transposed.
+"""Kuzushiji-MNIST: 10 classes of cursive Japanese characters, MNIST's sizes and file layout."""
 EMNIST_BALANCED = IdxImageSet(
     "EMNIST (balanced)",
     "EMNIST",
@@ -70,6 +70,8 @@ EMNIST_BALANCED = IdxImageSet(
     transposed=True,
     torchvision_args={"split": "balanced"},
 )
+"""EMNIST's "balanced" split: 47 classes (digits, upper-case letters, and the lower-case letters
+that do not look like their capitals); torchvision itself returns these images transposed."""
 
 #: ``{folder: {file name: md5}}``: the sums torchvision publishes, read from its class attributes
 #: on first use. EMNIST has none: torchvision checks only the zip it downloads all splits in.

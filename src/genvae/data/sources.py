@@ -32,7 +32,6 @@ class Source(Protocol):
     ) -> ImageDataset: ...
 
 
-#: Each data set's name and the function that loads it.
 SOURCES: dict[str, Source] = {
     "mnist": load_mnist,
     "fashion-mnist": partial(load_idx_images, FASHION_MNIST),
@@ -40,8 +39,9 @@ SOURCES: dict[str, Source] = {
     "emnist": partial(load_idx_images, EMNIST_BALANCED),
     "cifar10": load_cifar10,
 }
-#: The names ``load_data`` knows, e.g. for a command line's choices.
+"""Each data set's name and the function that loads it."""
 DATASETS: tuple[str, ...] = tuple(SOURCES)
+"""The names ``load_data`` knows, e.g. for a command line's choices."""
 
 
 def load_data(
