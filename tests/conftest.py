@@ -71,3 +71,21 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class PoisonedAdam(torch.optim.Adam):
+    """Adam that writes NaN into the first parameter after its ``at``-th step (the loss of that step
+    was finite): what a diverging update does."""
+
+    def __init__(self, params, at: int) -> None:
+        params = list(params)
+        super().__init__(params, lr=1e-3)
+        self.first, self.calls, self.at = params[0], 0, at
+
+    def step(self, closure=None):  # type: ignore[override]
+        self.calls += 1
+        out = super().step(closure)
+        if self.calls == self.at:
+            with torch.no_grad():
+                self.first.fill_(float("nan"))
+        return out

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PoisonedAdam
 from fit_worker import OPTIONS, small_vae, train_set
 
 import genvae
@@ -237,23 +238,6 @@ def test_run_files_get_the_umask_mode(one_epoch):
 # --------------------------------------------------------------------------- NaN guard
 
 
-class _PoisonAt(torch.optim.Adam):
-    """Adam that writes NaN into the weights after its ``at``-th step (the loss of that step was finite)."""
-
-    def __init__(self, params, at: int) -> None:
-        params = list(params)
-        super().__init__(params, lr=1e-3)
-        self.first, self.calls, self.at = params[0], 0, at
-
-    def step(self, closure=None):  # type: ignore[override]
-        self.calls += 1
-        out = super().step(closure)
-        if self.calls == self.at:
-            with torch.no_grad():
-                self.first.fill_(float("nan"))
-        return out
-
-
 @pytest.mark.parametrize("epoch", [1, 2])
 def test_nan_weights_after_the_last_step_of_an_epoch_are_never_written(tmp_path, epoch):
     steps = len(BatchLoader(train_set(), OPTIONS["batch_size"]))
@@ -265,7 +249,7 @@ def test_nan_weights_after_the_last_step_of_an_epoch_are_never_written(tmp_path,
             epochs=3,
             out=run,
             log_every=1,
-            optimizer=lambda p: _PoisonAt(p, at=epoch * steps),
+            optimizer=lambda p: PoisonedAdam(p, at=epoch * steps),
             **OPTIONS,
         )
     if epoch == 1:

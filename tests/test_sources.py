@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from genvae import VAE
+from genvae.data import _raw as R
 from genvae.data import cifar as C
 from genvae.data import mnist as D
 from genvae.data import mnist_like as M
@@ -113,8 +114,8 @@ def test_idx_sets_read_torchvisions_layout_and_verify_the_archives(name, tmp_pat
     train = write_idx_split(tmp_path, spec, "train", 7, seed=1)
     test = write_idx_split(tmp_path, spec, "test", 3, seed=2)
     trust(monkeypatch, spec, tmp_path)
-    hashed, real = [], M.md5_mismatch
-    monkeypatch.setattr(M, "md5_mismatch", lambda path, expected: hashed.append(path.name) or real(path, expected))
+    hashed, real = [], R.md5_mismatch
+    monkeypatch.setattr(R, "md5_mismatch", lambda path, expected: hashed.append(path.name) or real(path, expected))
     for split, (images, labels) in (("train", train), ("test", test)):
         ds = M.load_idx_images(spec, split, root=tmp_path)
         assert ds.images.shape == (len(labels), 1, 28, 28) and ds.images.dtype == torch.uint8

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import OBJECTIVES
+from conftest import OBJECTIVES, PoisonedAdam
 
 from genvae import ELBO, IWAE, VAE, load
 from genvae.data import BatchLoader, synthetic_digits
@@ -137,23 +137,6 @@ def test_crash_mid_epoch_keeps_checkpoint_and_resume_matches(data, tmp_path):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
-class _Poison(torch.optim.Adam):
-    """Adam that writes NaN into the weights on its ``at``-th step."""
-
-    def __init__(self, params, at: int) -> None:
-        params = list(params)
-        super().__init__(params, lr=1e-3)
-        self.first, self.calls, self.at = params[0], 0, at
-
-    def step(self, closure=None):  # type: ignore[override]
-        self.calls += 1
-        out = super().step(closure)
-        if self.calls == self.at:
-            with torch.no_grad():
-                self.first.fill_(float("nan"))
-        return out
-
-
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(data, tmp_path):
     train, _ = data
     steps_per_epoch = len(BatchLoader(train, 32))
@@ -167,7 +150,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(data, tmp_
             out=tmp_path,
             progress=False,
             log_every=2,
-            optimizer=lambda p: _Poison(p, at=steps_per_epoch + 3),
+            optimizer=lambda p: PoisonedAdam(p, at=steps_per_epoch + 3),
         )
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1

@@ -68,6 +68,21 @@ def md5_mismatch(path: Path, expected: str, digest: Callable[[Path], str] = md5)
     return None
 
 
+def verified(path: Path, expected: str | None, what: str, remedy: str) -> Path:
+    """``path`` if its MD5 is ``expected`` (or there is no published sum: logged), else a one-line
+    RuntimeError naming the file, both sums and ``remedy``."""
+    if expected is None:
+        log.info("torchvision publishes no checksum for %s; reading it unverified", path)
+        return path
+    actual = md5_mismatch(path, expected)
+    if actual is not None:
+        raise RuntimeError(
+            f"{what} file {str(path)!r} does not match torchvision's checksum (expected md5 {expected}, "
+            f"got {actual}): {remedy}"
+        )
+    return path
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as an IDX file (big-endian header: 0, 0, 0x08, ndim, then the dims)."""
     if array.dtype != np.uint8:

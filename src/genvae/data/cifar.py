@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._raw import Split, cache_dir, check_split, load_numpy_pickle, md5_mismatch, torchvision_download
+from ._raw import Split, cache_dir, check_split, load_numpy_pickle, torchvision_download, verified
 from .dataset import Binarize, ImageDataset, check_binarize
 
 __all__ = ["BATCHES", "FOLDER", "MD5", "load_cifar10"]
@@ -59,18 +59,8 @@ def _download(root: Path) -> None:
 
 
 def _verified(path: Path) -> Path:
-    expected = _checksums().get(path.name)
-    if expected is None:
-        log.info("torchvision publishes no checksum for %s; reading it unverified", path)
-        return path
-    actual = md5_mismatch(path, expected)
-    if actual is not None:
-        raise RuntimeError(
-            f"CIFAR-10 file {str(path)!r} does not match torchvision's checksum (expected md5 {expected}, "
-            f"got {actual}): delete it and call again to extract it anew, or replace it with the file "
-            "from cifar-10-python.tar.gz."
-        )
-    return path
+    remedy = "delete it and call again to extract it anew, or replace it with the file from cifar-10-python.tar.gz."
+    return verified(path, _checksums().get(path.name), "CIFAR-10", remedy)
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:

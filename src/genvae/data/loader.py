@@ -17,6 +17,30 @@ from .dataset import ImageDataset, as_float, collate
 __all__ = ["BatchLoader", "StreamingLoader", "default_workers", "head", "make_loader"]
 
 
+def _order_arguments(
+    n: int, batch_size: int, rank: int, world_size: int, drop_last: bool, generator: torch.Generator | None
+) -> tuple[int, int, int, torch.Generator]:
+    """Check what both loaders take to draw their order; returns the batch size, the world size, the
+    examples per rank and epoch, and the generator (a new one seeded from torch's global one if None)."""
+    positive_int("batch_size", batch_size)
+    positive_int("world_size", world_size)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"expected rank in range(0, {world_size}), got {rank!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"expected generator to be a torch.Generator or None, got {type(generator).__name__}")
+    per_rank = n // world_size
+    if per_rank == 0:
+        raise ValueError(f"expected dataset with at least world_size={world_size} examples, got {n}")
+    if drop_last and per_rank < batch_size:
+        raise ValueError(
+            f"expected batch_size <= {per_rank} examples per rank with drop_last=True (else there is no batch), "
+            f"got {batch_size}"
+        )
+    if generator is None:
+        generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+    return batch_size, world_size, per_rank, generator
+
+
 class BatchLoader:
     """Shuffled mini-batches from a data set held as one floating tensor on ``device``.
 
@@ -58,24 +82,10 @@ class BatchLoader:
     ) -> None:
         if not isinstance(dataset, ImageDataset):
             raise TypeError(f"expected dataset to be a genvae.data.ImageDataset, got {type(dataset).__name__}")
-        self.batch_size = positive_int("batch_size", batch_size)
-        self.world_size = positive_int("world_size", world_size)
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"expected rank in range(0, {world_size}), got {rank!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"expected generator to be a torch.Generator or None, got {type(generator).__name__}")
-        self.rank, self.shuffle, self.drop_last = rank, bool(shuffle), bool(drop_last)
-        self.num_samples = len(dataset) // world_size  # per rank and epoch
-        if self.num_samples == 0:
-            raise ValueError(f"expected dataset with at least world_size={world_size} images, got {len(dataset)}")
-        if self.drop_last and self.num_samples < self.batch_size:
-            raise ValueError(
-                f"expected batch_size <= {self.num_samples} images per rank with drop_last=True "
-                f"(else there is no batch), got {batch_size}"
-            )
-        self.generator = (
-            generator if generator is not None else torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+        self.batch_size, self.world_size, self.num_samples, self.generator = _order_arguments(
+            len(dataset), batch_size, rank, world_size, drop_last, generator
         )
+        self.rank, self.shuffle, self.drop_last = rank, bool(shuffle), bool(drop_last)
         self.device = torch.device(device) if device is not None else dataset.images.device
         self.dynamic = dataset.binarize == "dynamic"
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
@@ -149,17 +159,15 @@ class StreamingLoader:
         num_workers: int | None = None,
     ) -> None:
         self.dataset = dataset
-        self.batch_size = positive_int("batch_size", batch_size)
-        self.world_size = positive_int("world_size", world_size)
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"expected rank in range(0, {world_size}), got {rank!r}")
-        self.rank, self.shuffle, self.drop_last = rank, bool(shuffle), bool(drop_last)
-        self.num_samples = len(dataset) // world_size  # type: ignore[arg-type]
-        if self.num_samples == 0:
-            raise ValueError(f"expected dataset with at least world_size={world_size} examples, got {len(dataset)}")  # type: ignore[arg-type]
-        self.generator = (
-            generator if generator is not None else torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+        self.batch_size, self.world_size, self.num_samples, self.generator = _order_arguments(
+            len(dataset),
+            batch_size,
+            rank,
+            world_size,
+            drop_last,
+            generator,  # type: ignore[arg-type]
         )
+        self.rank, self.shuffle, self.drop_last = rank, bool(shuffle), bool(drop_last)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype
         self.num_workers = default_workers() if num_workers is None else num_workers

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._raw import Split, cache_dir, check_split, md5_mismatch, read_idx, torchvision_download
+from ._raw import Split, cache_dir, check_split, read_idx, torchvision_download, verified
 from .dataset import Binarize, ImageDataset, check_binarize
 
 __all__ = ["EMNIST_BALANCED", "FASHION_MNIST", "KMNIST", "MD5", "IdxImageSet", "load_idx_images"]
@@ -122,18 +122,8 @@ def _locate(spec: IdxImageSet, split: Split, root: Path) -> tuple[Path, Path]:
 
 
 def _verified(spec: IdxImageSet, path: Path) -> Path:
-    expected = _checksums(spec).get(path.name)
-    if expected is None:
-        log.info("torchvision publishes no checksum for %s; reading it unverified", path)
-        return path
-    actual = md5_mismatch(path, expected)
-    if actual is not None:
-        raise RuntimeError(
-            f"{spec.name} file {str(path)!r} does not match torchvision's checksum (expected md5 {expected}, "
-            f"got {actual}): delete the folder {str(path.parent)!r} and call again to download it anew, "
-            "or replace the file with torchvision's copy."
-        )
-    return path
+    remedy = f"delete the folder {str(path.parent)!r} and call again to download it anew, or replace the file"
+    return verified(path, _checksums(spec).get(path.name), spec.name, remedy + " with torchvision's copy.")
 
 
 def load_idx_images(
