@@ -48,3 +48,14 @@ def test_the_quick_blocks_of_a_page_run_as_written(page: Path, tmp_path: Path) -
     )  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_docstrings_use_the_cross_references_mkdocstrings_resolves_not_sphinx_roles() -> None:
+    role = re.compile(r":(class|func|meth|data|attr|mod|obj):`")
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "src").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), start=1)
+        if role.search(line)
+    ]
+    assert found == [], "write [`name`][genvae.module.name] instead of Sphinx roles:\n" + "\n".join(found)

@@ -23,7 +23,7 @@ WARMUP_STEPS = 3
 
 
 class GraphedStep:
-    """Runs ``step(x, y)``: eagerly for the first :data:`WARMUP_STEPS` calls, then by graph replay.
+    """Runs ``step(x, y)``: eagerly for the first ``WARMUP_STEPS`` calls, then by graph replay.
 
     ``step`` must do all of its work on the device (no host reads, no shape-dependent Python) and
     keep its results in tensors that outlive the call (parameters, optimizer state, a running

@@ -1,18 +1,18 @@
 """A whole training step — loss, gradients and Adam's update — compiled as one program.
 
-The loss and the clipping are :mod:`genvae.step`'s (:func:`~genvae.step.objective_loss`,
-:func:`~genvae.step.clip_scale`), traced through a functional call of the model; what this engine
+The loss and the clipping are ``genvae.step``'s (``objective_loss``,
+``clip_scale``), traced through a functional call of the model; what this engine
 adds is Adam's update written as tensor operations, so that it joins the same program.
 
 On a CPU a small model's step is short enough that what lies between the matrix products counts:
 the autograd engine's bookkeeping, each elementwise op's own pass over memory, and the optimizer's
 Python loop over parameters. Compiling the loss alone leaves the backward pass's glue and the
-optimizer outside the compiled code. Here the gradients come from :func:`torch.func.grad_and_value`
+optimizer outside the compiled code. Here the gradients come from ``torch.func.grad_and_value``
 and the Adam update follows, all traced into one graph, so inductor fuses the elementwise work of
 the forward pass, the backward pass and the update into a few C++ loops around the matrix products.
 
-The step is traced once with :func:`~torch.fx.experimental.proxy_tensor.make_fx` and compiled with
-:func:`torch._inductor.compile`, without dynamo: every input of the program is a tensor that this
+The step is traced once with ``make_fx`` and compiled with
+``torch._inductor.compile``, without dynamo: every input of the program is a tensor that this
 class owns or checks, so dynamo's guards (some six hundred for the MLP VAE: every parameter, Adam
 buffer, module attribute and optimizer option it read) would only re-check, at every call, what
 cannot change. Their evaluation measured about 0.3 ms of a 3.6 ms step. What could change between
@@ -28,7 +28,7 @@ with one change of where things are computed: the two bias corrections are scala
 count, computed on the host and passed in as tensors. Traced from the step-count tensor, as
 torch.optim's functional Adam does under compile, they become two ``pow`` calls inside every
 vectorised iteration of the update loop, which doubles its cost on a CPU. The step reads and
-writes the parameters and the state of the :class:`torch.optim.Adam` in place, so the optimizer's
+writes the parameters and the state of the ``torch.optim.Adam`` in place, so the optimizer's
 ``state_dict`` (checkpoints, resume) stays as if it had stepped itself.
 """
 
@@ -54,7 +54,7 @@ from .step import clip_scale, objective_loss
 #: tensor, an output whose shape depends on values).
 UNTRACEABLE = (GuardOnDataDependentSymNode, DataDependentOutputException, DynamicOutputShapeException)
 
-#: Positions in :attr:`CompiledAdamStep.scalars`: lr/(1 − β1^t), √(1 − β2^t), 1 − β1, β2, ε, weight decay.
+#: Positions in ``CompiledAdamStep.scalars``: lr/(1 − β1^t), √(1 − β2^t), 1 − β1, β2, ε, weight decay.
 STEP_SIZE, CORRECTION2, ONE_MINUS_BETA1, BETA2, EPS, WEIGHT_DECAY = range(6)
 
 
@@ -68,11 +68,11 @@ class CompiledAdamStep:
     while the step is in use.
 
     Args:
-        step: the eager step ``step(x, y)`` (:func:`genvae.step.train_step` on the same optimizer,
+        step: the eager step ``step(x, y)`` (``genvae.step.train_step`` on the same optimizer,
             step counter and running loss), for other batch shapes.
-        model: a model (:class:`~genvae.protocols.LatentVariableModel`) whose parameters ``opt`` holds.
+        model: a model (``LatentVariableModel``) whose parameters ``opt`` holds.
         objective: the objective whose loss is minimised.
-        opt: a :class:`torch.optim.Adam` with one parameter group, ``amsgrad=False`` and
+        opt: a ``torch.optim.Adam`` with one parameter group, ``amsgrad=False`` and
             ``decoupled_weight_decay=False``.
         count: ``()`` integer tensor, the optimizer steps so far; incremented at every step.
         running: ``()`` the loss of every step is added to it.

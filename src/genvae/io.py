@@ -9,7 +9,7 @@ the safetensors header, so one file holds everything.
 
 A model file may come from anyone, so loading trusts nothing in it:
 
-1. classes are imported only from genvae's part modules (:data:`PART_MODULES`), torch's layer
+1. classes are imported only from genvae's part modules (``PART_MODULES``), torch's layer
    modules and the module prefixes the caller trusts; the module is read from the name before
    anything is imported;
 2. the model is built on a budget taken from the file, whose header is read here: the tensors
@@ -172,7 +172,7 @@ def _describe(obj: Any, path: str, seen: dict[int, str]) -> Any:
 
 
 def describe(model: nn.Module) -> dict[str, Any]:
-    """The JSON-ready description from which :func:`load` rebuilds ``model``.
+    """The JSON-ready description from which [`load`][genvae.io.load] rebuilds ``model``.
 
     Raises:
         TypeError: a part whose constructor arguments cannot be read back from its attributes.
@@ -471,7 +471,7 @@ class _SizeBudget(TorchFunctionMode):
 
 @contextmanager
 def _registration_limit(limit: int, expected: str) -> Iterator[None]:
-    """Raise :class:`_OverBudget` once more than ``limit`` modules, parameters and buffers have been
+    """Raise ``_OverBudget`` once more than ``limit`` modules, parameters and buffers have been
     registered in the block. The hooks are global: modules built by other threads meanwhile count
     too."""
     count = 0
@@ -590,7 +590,7 @@ def load(
     map_location: str | torch.device = "cpu",
     trusted: Iterable[str] = (),
 ) -> nn.Module:
-    """Rebuild a model saved by :func:`save` (or a run folder holding ``model.safetensors``).
+    """Rebuild a model saved by [`save`][genvae.io.save] (or a run folder holding ``model.safetensors``).
 
     Nothing in the file is trusted: classes come only from genvae's part modules, torch's layers
     and ``trusted``; the model is built on a budget of memory and modules taken from the file's

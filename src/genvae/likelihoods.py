@@ -8,8 +8,10 @@ with σ = 1 ↔ ½ · sum of squared errors (plus a constant). Each exposes ``su
 
 For 8-bit images (stored as x = k/255) the discretized logistic likelihoods give the probability
 *mass* of the observed value, so −log p(x|z) is a proper discrete NLL in nats and
-bits/dim = nats / (D · ln 2) for D sub-pixels: :class:`DiscretizedLogistic` (one logistic per
-sub-pixel) and :class:`DiscretizedLogisticMixture` (PixelCNN++'s mixture, one per pixel).
+bits/dim = nats / (D · ln 2) for D sub-pixels:
+[`DiscretizedLogistic`][genvae.likelihoods.DiscretizedLogistic] (one logistic per sub-pixel) and
+[`DiscretizedLogisticMixture`][genvae.likelihoods.DiscretizedLogisticMixture] (PixelCNN++'s
+mixture, one per pixel).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class Bernoulli(nn.Module):
     """Factorised Bernoulli from logits: ``log_prob`` is −BCE-with-logits summed over pixels.
 
     Accepts grayscale targets in [0, 1] (the "BCE on intensities" of the classic MNIST VAE); for a
-    proper density on grayscale data use :class:`ContinuousBernoulli`.
+    proper density on grayscale data use [`ContinuousBernoulli`][genvae.likelihoods.ContinuousBernoulli].
 
     Args:
         event_dims: number of trailing dims that form one example (3 for ``(C, H, W)`` images);
@@ -181,6 +183,7 @@ class Gaussian(nn.Module):
 #: drives a scale towards 0. The likelihood needs no floor to stay bounded (a mass is at most 1);
 #: with 256 bins, a logistic at the floor puts 97% of its mass in the bin it is centred on.
 LOG_SCALE_MIN = -7.0
+"""The floor of a logistic's log-scale (PixelCNN++'s): see the comment above it in the source."""
 
 #: Below this value of log d, log(1 − e^{−d}) is computed as log d − d/2: the rest of the series is
 #: under d²/24 < 1e-18, and e^{log d} may underflow (from a scale of about e^83 in float32).
@@ -341,7 +344,8 @@ class DiscretizedLogisticMixtureDistribution(Distribution):
 
     Each pixel (all C channels together) is one mixture of M components, its weights shared by the
     channels. In component m, channel c is a discretized logistic (as
-    :class:`DiscretizedLogisticDistribution`) with log-scale ``log_scale[m, c]`` and location
+    [`DiscretizedLogisticDistribution`][genvae.likelihoods.DiscretizedLogisticDistribution]) with
+    log-scale ``log_scale[m, c]`` and location
 
         loc[m, c] + Σ_{j<c} coeffs[m, c(c − 1)/2 + j] · x'_j,
 
@@ -490,11 +494,12 @@ class DiscretizedLogistic(nn.Module):
     2016, https://arxiv.org/abs/1606.04934; Salimans et al., 2017, https://arxiv.org/abs/1701.05517).
 
     ``log_prob`` is the log probability *mass* of the observed values (see
-    :class:`DiscretizedLogisticDistribution`), so −log p(x|z) is a discrete NLL in nats. The
-    parameters are in the [−1, 1] coordinates x' = 2x − 1, so a decoder output of 0 is mid-grey.
+    [`DiscretizedLogisticDistribution`][genvae.likelihoods.DiscretizedLogisticDistribution]), so
+    −log p(x|z) is a discrete NLL in nats. The parameters are in the [−1, 1] coordinates
+    x' = 2x − 1, so a decoder output of 0 is mid-grey.
 
     Parameter layout: for data ``(C, *spatial)``, params ``(2C, *spatial)``: channels ``[0, C)``
-    are the locations μ, ``[C, 2C)`` the log-scales (floored at :data:`LOG_SCALE_MIN`).
+    are the locations μ, ``[C, 2C)`` the log-scales (floored at [`LOG_SCALE_MIN`][genvae.likelihoods.LOG_SCALE_MIN]).
 
     Args:
         event_dims: number of trailing dims that form one example (3 for ``(C, H, W)`` images);
@@ -539,8 +544,8 @@ class DiscretizedLogisticMixture(nn.Module):
 
     Each pixel is one mixture of ``num_components`` = M components over all its channels, with the
     later channels' locations shifted by the earlier channels' values (see
-    :class:`DiscretizedLogisticMixtureDistribution`). ``log_prob`` is a log probability *mass*, so
-    −log p(x|z) is a discrete NLL in nats.
+    [`DiscretizedLogisticMixtureDistribution`][genvae.likelihoods.DiscretizedLogisticMixtureDistribution]).
+    ``log_prob`` is a log probability *mass*, so −log p(x|z) is a discrete NLL in nats.
 
     Parameter layout: for data ``(C, *spatial)``, params ``(M·Q, *spatial)`` with
     Q = 1 + 2C + C(C − 1)/2: component m owns channels ``[m·Q, (m + 1)·Q)``, in order its mixture

@@ -196,7 +196,7 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """z [‖ one-hot y] → hidden layer → ``channels[0]×h×w`` → stride-2 transposed convs → ``(C, H, W)``.
 
-    Mirrors :class:`ConvEncoder`: with ``channels=(64, 32)`` on 28×28 it maps 64@7×7 → 32@14×14 →
+    Mirrors [`ConvEncoder`][genvae.nets.ConvEncoder]: with ``channels=(64, 32)`` on 28×28 it maps 64@7×7 → 32@14×14 →
     C@28×28; output paddings are chosen so odd sizes come out exact.
 
     Args:

@@ -2,7 +2,7 @@
 
 Each prior is an ``nn.Module`` called as ``prior(y=None)`` that returns a ``torch.distributions``
 object with event shape ``(D,)``. Unconditional priors accept ``y`` and ignore it (batch shape
-``()``); :class:`ConditionalNormal` needs it (batch shape ``(B,)``).
+``()``); [`ConditionalNormal`][genvae.priors.ConditionalNormal] needs it (batch shape ``(B,)``).
 """
 
 from __future__ import annotations

@@ -252,7 +252,8 @@ def save_latent_scatter(
     seed: int = 0,
     title: str | None = None,
 ) -> Path:
-    """Scatter the posterior means of ``n`` images coloured by label (t-SNE for D > 2), see :func:`embed_latents`."""
+    """Scatter the posterior means of ``n`` images coloured by label (t-SNE for D > 2), see
+    [`embed_latents`][genvae.viz.embed_latents]."""
     xy, labels = embed_latents(model, data, n=n, method=method, seed=seed)
     fig, ax = plt.subplots(figsize=(5, 4.2))
     for c in np.unique(labels):

@@ -124,7 +124,7 @@ def read_idx(path: Path, ndim: int | None = None) -> np.ndarray:
 class NumpyUnpickler(pickle.Unpickler):
     """An unpickler that builds numpy arrays (and plain containers) and nothing else.
 
-    Every global a pickle names goes through :meth:`find_class`; only ``ndarray``, ``dtype`` and
+    Every global a pickle names goes through ``find_class``; only ``ndarray``, ``dtype`` and
     numpy's ``_reconstruct`` pass, so no function from the file is ever called.
     """
 

@@ -140,7 +140,8 @@ def load_mnist(
     root: str | os.PathLike[str] | None = None,
     seed: int = 0,
 ) -> ImageDataset:
-    """MNIST as an :class:`ImageDataset`: images ``(N, 1, 28, 28)`` uint8, labels ``(N,)`` int64.
+    """MNIST as an [`ImageDataset`][genvae.data.dataset.ImageDataset]: images ``(N, 1, 28, 28)``
+    uint8, labels ``(N,)`` int64.
 
     Args:
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000 images).

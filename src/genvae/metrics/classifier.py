@@ -40,8 +40,8 @@ __all__ = [
 
 log = logging.getLogger("genvae.metrics")
 
-#: The cached classifier must reach this accuracy on the MNIST test set.
 MIN_ACCURACY = 0.99
+"""The cached MNIST classifier must reach this accuracy on the MNIST test set."""
 _EPOCHS = 4  # Adam 1e-3 then 1e-4 for the last epoch: 99.0–99.3 % on MNIST test
 
 
@@ -53,7 +53,8 @@ class ImageClassifier(nn.Module):
         data_shape: ``(C, H, W)`` of one image; MNIST's by default.
 
     Attributes:
-        num_features: width of :meth:`features` (128), as torchmetrics' FID expects of a custom extractor.
+        num_features: width of [`features`][genvae.metrics.classifier.ImageClassifier.features]
+            (128), as torchmetrics' FID expects of a custom extractor.
     """
 
     num_features = 128
@@ -135,13 +136,15 @@ def _sha256(path: Path) -> str:
 
 
 def mnist_classifier(*, root: str | Path | None = None, device: str | torch.device = "cpu") -> ImageClassifier:
-    """The cached MNIST classifier, trained on first use (test accuracy ≥ :data:`MIN_ACCURACY`).
+    """The cached MNIST classifier, trained on first use.
+
+    Its test accuracy is at least [`MIN_ACCURACY`][genvae.metrics.classifier.MIN_ACCURACY].
 
     The weights live in ``cache_dir(root)/classifier/mnist-lenet.safetensors`` beside a JSON file
     with their SHA-256 and test accuracy; a file whose hash does not match is retrained.
 
     Raises:
-        RuntimeError: the trained classifier falls short of :data:`MIN_ACCURACY`.
+        RuntimeError: the trained classifier falls short of [`MIN_ACCURACY`][genvae.metrics.classifier.MIN_ACCURACY].
     """
     folder = cache_dir(root) / "classifier"
     weights, sidecar = folder / "mnist-lenet.safetensors", folder / "mnist-lenet.json"
