@@ -325,3 +325,30 @@ def test_vectors_from_a_file_and_flags_that_do_not_fit_them(tmp_path, capsys):
     assert not (tmp_path / "c" / "samples.png").exists()  # no figures of vectors
     assert main(["sample", str(tmp_path / "c"), "-o", str(tmp_path / "x.png"), "--device", "cpu"]) == 2
     assert "images (C, H, W)" in capsys.readouterr().err
+
+
+def test_the_cli_page_lists_every_option_with_the_parsers_defaults():
+    """docs/cli.md's synopsis names every option of every command, and a value it shows as the
+    default is the parser's (train's defaults are RunConfig's)."""
+    import argparse
+    import re
+    from dataclasses import fields
+
+    from genvae.cli import _parser
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    synopsis = page[page.index("```text") : page.index("```", page.index("```text") + 3)]
+    commands = re.split(r"\n(?=genvae )", synopsis)
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    config = {f.name: f.default for f in fields(RunConfig)}
+    for name, parser in sub.choices.items():
+        text = next(c for c in commands if c.startswith(f"genvae {name}"))
+        for action in (a for a in parser._actions if a.option_strings):
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help":
+                    assert option in text, f"docs/cli.md: genvae {name} does not list {option}"
+            default = config.get(action.dest) if name == "train" else action.default
+            shown = re.search(rf"\[{re.escape(action.option_strings[-1])} ([\w.,]+)\]", text)
+            if shown and re.fullmatch(r"[\d.e-]+|[\d,]+", shown.group(1)) and default is not None:
+                value = ",".join(map(str, default)) if isinstance(default, tuple) else default
+                assert float(shown.group(1).split(",")[0]) == float(str(value).split(",")[0]), (name, action.dest)

@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--kl-warmup-epochs", type=_number(int, zero=True), help="same as --beta-schedule linear --warmup-epochs N"
     )
-    t.add_argument("--grad-clip", type=_positive(float))
+    t.add_argument("--grad-clip", type=_positive(float), help="clip the gradients' global norm to this value")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     t.add_argument(
@@ -154,7 +154,21 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a run folder")
     i.add_argument("run", type=Path)
+    _show_defaults(t, {f.name: f.default for f in fields(RunConfig)})
+    for sub_parser in (e, s):
+        _show_defaults(sub_parser, {a.dest: a.default for a in sub_parser._actions})
     return p
+
+
+def _show_defaults(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """Append "(default X)" to the help of each option with a value default that its help does not give."""
+    for action in parser._actions:
+        default = defaults.get(action.dest)
+        if not action.option_strings or default is None or isinstance(default, bool) or action.help == "==SUPPRESS==":
+            continue
+        if "default" not in (action.help or ""):
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            action.help = f"{action.help} (default {shown})" if action.help else f"default {shown}"
 
 
 def _plural(n: int, word: str) -> str:
