@@ -399,7 +399,9 @@ def _eval(args: argparse.Namespace) -> None:
     )
     t0 = time.perf_counter()
     elbo = evaluate_elbo(model, test, batch_size=max(args.batch_size, 500), seed=args.seed)
-    nll = evaluate_iw_nll(model, test, args.iw_samples, batch_size=args.batch_size, seed=args.seed)
+    nll = evaluate_iw_nll(
+        model, test, args.iw_samples, batch_size=args.batch_size, seed=args.seed, progress=sys.stderr.isatty()
+    )
     seconds = time.perf_counter() - t0
     dims = math.prod(test.data_shape)
     result = {

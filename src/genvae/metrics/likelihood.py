@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .._checks import positive_int
 from ..data import AnyData, BatchLoader, StreamingLoader
@@ -149,13 +150,21 @@ def iw_nll(
     return -(running - math.log(k)).to(x.dtype)
 
 
-def evaluate_iw_nll(model: LatentVariableModel, data: Data, k: int, *, batch_size: int = 100, seed: int = 0) -> float:
+def evaluate_iw_nll(
+    model: LatentVariableModel, data: Data, k: int, *, batch_size: int = 100, seed: int = 0, progress: bool = False
+) -> float:
     """Mean of [`iw_nll`][genvae.metrics.likelihood.iw_nll] over a data set (nats per example).
 
-    Arguments as [`evaluate_elbo`][genvae.metrics.likelihood.evaluate_elbo].
+    Arguments as [`evaluate_elbo`][genvae.metrics.likelihood.evaluate_elbo]; ``progress`` shows a
+    tqdm bar over the examples, with the running mean and the time left.
     """
     total, n = 0.0, 0
-    for x, y in eval_batches(model, data, batch_size=batch_size, seed=seed):
-        total += float(iw_nll(model, x, k, y=y).double().sum())
-        n += x.shape[0]
+    loader = isinstance(data, (BatchLoader, StreamingLoader))
+    size = len(data[0]) if isinstance(data, tuple) else None if loader else len(data)  # type: ignore[arg-type]
+    with tqdm(total=size, desc=f"IW bound, K={k}", unit="ex", disable=not progress, leave=False) as bar:
+        for x, y in eval_batches(model, data, batch_size=batch_size, seed=seed):
+            total += float(iw_nll(model, x, k, y=y).double().sum())
+            n += x.shape[0]
+            bar.update(x.shape[0])
+            bar.set_postfix(nll=f"{total / n:.2f}")
     return total / max(n, 1)
