@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -135,6 +136,40 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _cached(
+    stem: str,
+    model: ImageClassifier,
+    train: Callable[[], tuple[ImageClassifier, float]],
+    *,
+    what: str,
+    root: str | Path | None,
+    device: str | torch.device,
+    min_accuracy: float = 0.0,
+    record: dict[str, object] | None = None,
+) -> ImageClassifier:
+    """``model`` with the weights cached as ``cache_dir(root)/classifier/STEM.safetensors``; where
+    there are none, or they do not match the SHA-256 in ``STEM.json``, ``train()`` makes them."""
+    folder = cache_dir(root) / "classifier"
+    weights, sidecar = folder / f"{stem}.safetensors", folder / f"{stem}.json"
+    if weights.is_file() and sidecar.is_file():
+        if json.loads(sidecar.read_text()).get("sha256") == _sha256(weights):
+            load_model(model, str(weights))
+            return model.to(device).eval()
+        log.warning("%s does not match its SHA-256; training the classifier again", weights)
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    log.warning("training the classifier of %s used by FID and conditional accuracy (once)", what)
+    model, acc = train()
+    if acc < min_accuracy:
+        raise RuntimeError(f"expected the {what} classifier to reach {min_accuracy:.1%} test accuracy, got {acc:.2%}")
+    log.warning("the classifier of %s reaches %.2f%% test accuracy", what, 100 * acc)
+    with atomic_path(weights) as tmp:
+        save_model(model, str(tmp))
+    seconds = round(time.perf_counter() - t0, 1)
+    write_json(sidecar, {**(record or {}), "sha256": _sha256(weights), "test_accuracy": acc, "seconds": seconds})
+    return model.eval()
+
+
 def mnist_classifier(*, root: str | Path | None = None, device: str | torch.device = "cpu") -> ImageClassifier:
     """The cached MNIST classifier, trained on first use.
 
@@ -146,26 +181,14 @@ def mnist_classifier(*, root: str | Path | None = None, device: str | torch.devi
     Raises:
         RuntimeError: the trained classifier falls short of [`MIN_ACCURACY`][genvae.metrics.classifier.MIN_ACCURACY].
     """
-    folder = cache_dir(root) / "classifier"
-    weights, sidecar = folder / "mnist-lenet.safetensors", folder / "mnist-lenet.json"
-    model = ImageClassifier()
-    if weights.is_file() and sidecar.is_file():
-        info = json.loads(sidecar.read_text())
-        if info.get("sha256") == _sha256(weights):
-            load_model(model, str(weights))
-            return model.to(device).eval()
-        log.warning("%s does not match its SHA-256; training the classifier again", weights)
-    folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    log.warning("training the MNIST classifier used by FID and conditional accuracy (once)")
-    model, acc = train_classifier(load_mnist("train", root=root), load_mnist("test", root=root), device=device)
-    if acc < MIN_ACCURACY:
-        raise RuntimeError(f"expected the MNIST classifier to reach {MIN_ACCURACY:.1%} test accuracy, got {acc:.2%}")
-    with atomic_path(weights) as tmp:
-        save_model(model, str(tmp))
-    write_json(sidecar, {"sha256": _sha256(weights), "test_accuracy": acc, "epochs": _EPOCHS,
-                         "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
-    return model.eval()
+
+    def train() -> tuple[ImageClassifier, float]:
+        return train_classifier(load_mnist("train", root=root), load_mnist("test", root=root), device=device)
+
+    return _cached(
+        "mnist-lenet", ImageClassifier(), train, what="MNIST", root=root, device=device,
+        min_accuracy=MIN_ACCURACY, record={"epochs": _EPOCHS},
+    )  # fmt: skip
 
 
 def classifier_for(
@@ -178,7 +201,7 @@ def classifier_for(
     no accuracy floor: the test accuracy is logged and kept beside the weights.
 
     Raises:
-        ValueError: no name, data that are not labelled images, or a cached file whose hash does not match.
+        ValueError: no name, or data that are not labelled images.
     """
     from ..data.sources import load_data
 
@@ -186,24 +209,18 @@ def classifier_for(
         raise ValueError("expected the name or path of the data set the classifier should learn, got None")
     if name == "mnist":
         return mnist_classifier(root=root, device=device)
-    train = load_data(name, "train", root=root, binarize=binarize)  # type: ignore[arg-type]
-    if train.labels is None or len(train.data_shape) != 3:
+    data = load_data(name, "train", root=root, binarize=binarize)  # type: ignore[arg-type]
+    if data.labels is None or len(data.data_shape) != 3:
         raise ValueError(f"expected labelled images (C, H, W) in {name!r} to train a classifier on")
-    digest = hashlib.sha256(train.images.numpy().tobytes() + train.labels.numpy().tobytes()).hexdigest()
-    folder = cache_dir(root) / "classifier"
-    weights, sidecar = folder / f"lenet-{digest[:16]}.safetensors", folder / f"lenet-{digest[:16]}.json"
-    model = ImageClassifier(train.num_classes or 1, train.data_shape)
-    if weights.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()).get("sha256") == _sha256(weights):
-        load_model(model, str(weights))
-        return model.to(device).eval()
-    folder.mkdir(parents=True, exist_ok=True)
-    log.warning("training a classifier of %s for FID and conditional accuracy (once)", name)
-    model, acc = train_classifier(train, load_data(name, "test", root=root, binarize=binarize), device=device)  # type: ignore[arg-type]
-    log.warning("the classifier of %s reaches %.2f%% test accuracy", name, 100 * acc)
-    with atomic_path(weights) as tmp:
-        save_model(model, str(tmp))
-    write_json(sidecar, {"data": name, "data_sha256": digest, "sha256": _sha256(weights), "test_accuracy": acc})
-    return model.eval()
+    digest = hashlib.sha256(data.images.numpy().tobytes() + data.labels.numpy().tobytes()).hexdigest()
+
+    def train() -> tuple[ImageClassifier, float]:
+        return train_classifier(data, load_data(name, "test", root=root, binarize=binarize), device=device)  # type: ignore[arg-type]
+
+    return _cached(
+        f"lenet-{digest[:16]}", ImageClassifier(data.num_classes or 1, data.data_shape), train, what=name,
+        root=root, device=device, record={"data": name, "data_sha256": digest},
+    )  # fmt: skip
 
 
 @torch.no_grad()
