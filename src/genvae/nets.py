@@ -1,4 +1,5 @@
-"""Ready-made encoders and decoders: MLPs for any data shape, and stride-2 conv stacks for images.
+"""Ready-made encoders and decoders: MLPs for any data shape, stride-2 conv stacks for images, and
+residual conv nets for images (plain or gated residual blocks).
 
 Encoders return q(z | x[, y]) = N(μ, diag σ²) as ``Independent(Normal(μ, σ), 1)`` with
 σ = exp(½ · logvar); log-variances are not clamped. Decoders return likelihood parameters (logits
@@ -17,7 +18,16 @@ from torch.distributions import Distribution, Independent, Normal
 
 from ._checks import optional_num_classes, positive_int, shape_tuple
 
-__all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder"]
+__all__ = [
+    "ConvDecoder",
+    "ConvEncoder",
+    "GatedConv2d",
+    "MLPDecoder",
+    "MLPEncoder",
+    "ResNetDecoder",
+    "ResNetEncoder",
+    "ResidualBlock",
+]
 
 
 def _hidden(value: int | Sequence[int]) -> tuple[int, ...]:
@@ -252,3 +262,227 @@ class ConvDecoder(nn.Module):
         lead = z.shape[:-1]
         h = self.head(z.reshape(-1, z.shape[-1])).unflatten(-1, self.start)  # (S·B, c0, h0, w0)
         return self.deconvs(h).unflatten(0, lead)  # (*S, B, C, H, W)
+
+
+# --------------------------------------------------------------------------- residual conv nets
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected {name} to be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _image_shape(value: object, owner: str) -> tuple[int, ...]:
+    shape = shape_tuple("data_shape", value)
+    if len(shape) != 3:
+        raise ValueError(f"expected data_shape (C, H, W) for {owner}, got {shape}")
+    return shape
+
+
+class GatedConv2d(nn.Module):
+    """Gated convolution h = (W ∗ x + b) ⊙ σ(V ∗ x + c), stride 1, padding ``kernel_size // 2``.
+
+    The layer of the VampPrior paper's conv nets
+    ([Tomczak & Welling 2018](https://arxiv.org/abs/1705.07120)); ``h`` holds (W, b), ``g`` holds
+    (V, c). With an odd kernel the output has the input's spatial size.
+
+    Args:
+        in_channels: channels of x.
+        out_channels: channels of h.
+        kernel_size: side of both square kernels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.in_channels = positive_int("in_channels", in_channels)
+        self.out_channels = positive_int("out_channels", out_channels)
+        self.kernel_size = positive_int("kernel_size", kernel_size)
+        pad = self.kernel_size // 2
+        self.h = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, padding=pad)
+        self.g = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, padding=pad)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x (B, C_in, H, W)`` → ``(B, C_out, H, W)`` for an odd kernel."""
+        return self.h(x) * torch.sigmoid(self.g(x))
+
+
+class ResidualBlock(nn.Module):
+    """x + F(x) at a fixed number of channels and spatial size; two 3×3 convs in F.
+
+    Plain (``gated=False``), pre-activation as in [He et al. 2016](https://arxiv.org/abs/1603.05027):
+    F(x) = conv2(relu(conv1(relu(x)))). Gated (``gated=True``), two
+    [`GatedConv2d`][genvae.nets.GatedConv2d] layers as in the VampPrior paper
+    ([Tomczak & Welling 2018](https://arxiv.org/abs/1705.07120)): F(x) = conv2(conv1(x)). Either way
+    the skip path is the identity, so a block whose ``conv2`` is zero is the identity.
+
+    Args:
+        channels: channels of x and of F's hidden layer.
+        gated: gated convs in F instead of ReLU and plain convs.
+    """
+
+    def __init__(self, channels: int, *, gated: bool = False) -> None:
+        super().__init__()
+        self.channels = positive_int("channels", channels)
+        self.gated = _flag("gated", gated)
+        c = self.channels
+        if self.gated:
+            self.conv1: nn.Module = GatedConv2d(c, c)
+            self.conv2: nn.Module = GatedConv2d(c, c)
+        else:
+            self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+            self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x (B, C, H, W)`` → ``(B, C, H, W)``."""
+        if self.gated:
+            return x + self.conv2(self.conv1(x))
+        return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
+
+
+class ResNetEncoder(nn.Module):
+    """Stages of residual blocks between stride-2 convs, then a hidden layer → (μ, logvar).
+
+    Stage i is a stride-2 3×3 conv to ``channels[i]`` followed by ``blocks``
+    [`ResidualBlock`][genvae.nets.ResidualBlock]s, as in the ResNet VAE of the IAF paper
+    ([Kingma et al. 2016](https://arxiv.org/abs/1606.04934)). The blocks are pre-activation, so the
+    residual stream stays linear and a ReLU comes before every later conv and before the head.
+    Sizes follow the image as in [`ConvEncoder`][genvae.nets.ConvEncoder]: 28×28 with two stages
+    gives 14×14 then 7×7, an odd side n gives ⌈n/2⌉. With ``num_classes``, the one-hot label is
+    concatenated to the image as K constant channels.
+
+    The deterministic trunk is callable on its own: [`features`][genvae.nets.ResNetEncoder.features]
+    gives ``(B, out_features)``, for a hierarchical model to build on.
+
+    Args:
+        data_shape: ``(C, H, W)``.
+        latent_dim: D.
+        channels: channels of each stage; one halving of the spatial size per stage.
+        blocks: residual blocks per stage.
+        hidden: width of the fully connected layer of the head.
+        num_classes: condition on a label (``None``: unconditional).
+        gated: gated residual blocks ([Tomczak & Welling 2018](https://arxiv.org/abs/1705.07120))
+            instead of plain ones.
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        latent_dim: int,
+        *,
+        channels: Sequence[int] = (32, 64),
+        blocks: int = 1,
+        hidden: int = 128,
+        num_classes: int | None = None,
+        gated: bool = False,
+    ) -> None:
+        super().__init__()
+        self.data_shape = _image_shape(data_shape, "ResNetEncoder")
+        self.latent_dim = positive_int("latent_dim", latent_dim)
+        self.channels = shape_tuple("channels", channels)
+        self.blocks = positive_int("blocks", blocks)
+        self.hidden = positive_int("hidden", hidden)
+        self.num_classes = optional_num_classes(num_classes)
+        self.gated = _flag("gated", gated)
+        c, h, w = self.data_shape
+        layers: list[nn.Module] = []
+        c_in = c + (self.num_classes or 0)
+        for i, c_out in enumerate(self.channels):
+            if i > 0:
+                layers.append(nn.ReLU())
+            layers.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1))
+            layers += [ResidualBlock(c_out, gated=self.gated) for _ in range(self.blocks)]
+            c_in = c_out
+        layers.append(nn.ReLU())
+        self.trunk = nn.Sequential(*layers)
+        h_out, w_out = _halvings(h, len(self.channels))[-1], _halvings(w, len(self.channels))[-1]
+        # F, the width of features(): channels[-1] · h · w of the last stage
+        self.out_features = c_in * h_out * w_out
+        self.head = nn.Sequential(
+            nn.Linear(self.out_features, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 2 * self.latent_dim)
+        )
+
+    def features(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The deterministic trunk: ``x (B, C, H, W)``, ``y (B,)`` → ``(B, out_features)``, after a ReLU."""
+        onehot = _one_hot(y, self.num_classes, x[:, 0, 0, :1])  # (B, K)
+        if onehot is not None:
+            planes = onehot[:, :, None, None].expand(-1, -1, *x.shape[-2:])  # (B, K, H, W)
+            x = torch.cat([x, planes], dim=1)  # (B, C + K, H, W)
+        return rearrange(self.trunk(x), "b c h w -> b (c h w)")
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Distribution:
+        """``x (B, C, H, W)``, ``y (B,)`` → q(z | x[, y]), batch ``(B,)``, event ``(D,)``."""
+        return _gaussian(self.head(self.features(x, y)))
+
+
+class ResNetDecoder(nn.Module):
+    """z [‖ one-hot y] → hidden layer → ``channels[0]×h×w`` → residual stages with stride-2 transposed convs.
+
+    Mirrors [`ResNetEncoder`][genvae.nets.ResNetEncoder]: stage i is ``blocks``
+    [`ResidualBlock`][genvae.nets.ResidualBlock]s at ``channels[i]``, then a ReLU and a stride-2
+    3×3 transposed conv to the next stage's channels (the last to C). With ``channels=(64, 32)`` on
+    28×28 it maps 64@7×7 → 32@14×14 → C@28×28; output paddings make odd sizes come out exact. The
+    last transposed conv gives the likelihood's parameters, with no activation after it.
+
+    ``data_shape`` is the shape of the output per example: pass the likelihood's
+    ``param_shape(data_shape)`` (e.g. ``(2C, H, W)`` for
+    [`DiscretizedLogistic`][genvae.likelihoods.DiscretizedLogistic]), as for
+    [`ConvDecoder`][genvae.nets.ConvDecoder]. Any leading dims of z pass through, so the whole net
+    also serves as the top-down trunk of a hierarchical model.
+
+    Args:
+        latent_dim: D.
+        data_shape: ``(C, H, W)`` of the output.
+        channels: channels of each stage; one doubling of the spatial size per stage.
+        blocks: residual blocks per stage.
+        hidden: width of the fully connected layer of the head.
+        num_classes: condition on a label (``None``: unconditional).
+        gated: gated residual blocks ([Tomczak & Welling 2018](https://arxiv.org/abs/1705.07120))
+            instead of plain ones.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        data_shape: Sequence[int],
+        *,
+        channels: Sequence[int] = (64, 32),
+        blocks: int = 1,
+        hidden: int = 128,
+        num_classes: int | None = None,
+        gated: bool = False,
+    ) -> None:
+        super().__init__()
+        self.latent_dim = positive_int("latent_dim", latent_dim)
+        self.data_shape = _image_shape(data_shape, "ResNetDecoder")
+        self.channels = shape_tuple("channels", channels)
+        self.blocks = positive_int("blocks", blocks)
+        self.hidden = positive_int("hidden", hidden)
+        self.num_classes = optional_num_classes(num_classes)
+        self.gated = _flag("gated", gated)
+        c, h, w = self.data_shape
+        hs, ws = _halvings(h, len(self.channels)), _halvings(w, len(self.channels))
+        self.start = (self.channels[0], hs[-1], ws[-1])
+        self.head = nn.Sequential(
+            nn.Linear(self.latent_dim + (self.num_classes or 0), self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, self.channels[0] * hs[-1] * ws[-1]),
+        )
+        layers: list[nn.Module] = []
+        outs = (*self.channels[1:], c)
+        for i, (c_in, c_out) in enumerate(zip(self.channels, outs)):
+            h_in, w_in = hs[-1 - i], ws[-1 - i]
+            h_t, w_t = hs[-2 - i], ws[-2 - i]
+            pad = (h_t - 2 * h_in + 1, w_t - 2 * w_in + 1)  # 0 or 1: makes the output exactly h_t×w_t
+            layers += [ResidualBlock(c_in, gated=self.gated) for _ in range(self.blocks)]
+            layers += [nn.ReLU(), nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad)]
+        self.trunk = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """``z (*S, B, D)``, ``y (B,)`` → ``(*S, B, C, H, W)``."""
+        onehot = _one_hot(y, self.num_classes, z)
+        if onehot is not None:
+            z = torch.cat([z, onehot], dim=-1)  # (*S, B, D + K)
+        lead = z.shape[:-1]
+        h = self.head(z.reshape(-1, z.shape[-1])).unflatten(-1, self.start)  # (S·B, c0, h0, w0)
+        return self.trunk(h).unflatten(0, lead)  # (*S, B, C, H, W)
