@@ -59,7 +59,14 @@ MODEL_FILE = "model.safetensors"
 
 #: The genvae modules that define parts; a class elsewhere in genvae (``genvae.__main__`` runs the
 #: command line when imported) can never be named by a file. A new part module is one entry here.
-PART_MODULES = ("genvae.models", "genvae.nets", "genvae.priors", "genvae.likelihoods")
+PART_MODULES = (
+    "genvae.models",
+    "genvae.nets",
+    "genvae.priors",
+    "genvae.likelihoods",
+    "genvae.hierarchy",
+    "genvae.flows",
+)
 #: torch's layers (activations, ``Linear``...) live in the modules under this prefix.
 _TORCH_LAYERS = "torch.nn.modules."
 
