@@ -11,13 +11,11 @@ whose ``rsample`` pushes base draws through the steps. Each step is an ``nn.Modu
 the context ``(B, H)``, returns a ``torch.distributions.transforms.Transform`` over ``(D,)``
 events with an exact log-determinant ``(k, B)``:
 
-=================  ======================================  =========================================
-step               f(z)                                    reference
-=================  ======================================  =========================================
-``IAF``            σ ⊙ z + (1 − σ) ⊙ m, (m, s) = MADE(z)   Kingma et al. 2016, arXiv:1606.04934
-``Planar``         z + û tanh(wᵀz + b)                     Rezende & Mohamed 2015, arXiv:1505.05770
-``Householder``    (I − 2 v vᵀ / ‖v‖²) z                   Tomczak & Welling 2016, arXiv:1611.09630
-=================  ======================================  =========================================
+| step | f(z) | reference |
+| --- | --- | --- |
+| ``IAF`` | σ ⊙ z + (1 − σ) ⊙ m, (m, s) = MADE(z) | Kingma et al. 2016, arXiv:1606.04934 |
+| ``Planar`` | z + û tanh(wᵀz + b) | Rezende & Mohamed 2015, arXiv:1505.05770 |
+| ``Householder`` | (I − 2 v vᵀ / ‖v‖²) z | Tomczak & Welling 2016, arXiv:1611.09630 |
 
 Every transform keeps its last input and output (``cache_size=1``), so ``log_prob`` of the
 tensor that ``rsample`` returned, which is what a model's KL and importance weights use, needs

@@ -4,15 +4,13 @@ loss to minimise and a per-example bound on log p(x).
     terms = model.terms(x, y, k=objective.k)     log p(x|z) (k, B); per layer (q, p, z)
     out = objective(terms, step)                  out.loss (), out.bound (B,)
 
-=============  ======================================================  =============================
-objective      loss                                                     reference
-=============  ======================================================  =============================
-``ELBO``       −mean(log p(x|z) − β·KL), β a number or a schedule       Kingma & Welling 2014
-``IWAE``       −mean(log 1/k Σ_i w_i), w_i = p(x, z_i) / q(z_i|x)       Burda et al. 2015
-``DReG``       IWAE, with doubly reparameterised encoder gradients      Tucker et al. 2018
-``STL``        ELBO with the score term of the encoder gradient dropped Roeder et al. 2017
-``FreeBits``   ELBO with the KL of each latent dimension floored at λ   Kingma et al. 2016
-=============  ======================================================  =============================
+| objective | loss | reference |
+| --- | --- | --- |
+| ``ELBO`` | −mean(log p(x ∣ z) − β·KL), β a number or a schedule | Kingma & Welling 2014 |
+| ``IWAE`` | −mean(log 1/k Σ_i w_i), w_i = p(x, z_i) / q(z_i ∣ x) | Burda et al. 2015 |
+| ``DReG`` | IWAE, with doubly reparameterised encoder gradients | Tucker et al. 2018 |
+| ``STL`` | ELBO with the score term of the encoder gradient dropped | Roeder et al. 2017 |
+| ``FreeBits`` | ELBO with the KL of each latent dimension floored at λ | Kingma et al. 2016 |
 
 An objective is any callable with an attribute ``k`` (the draws it needs per example) and
 ``__call__(terms, step)``; ``step`` counts optimizer steps from 1 (an int, or a 0-d tensor in a
