@@ -54,7 +54,7 @@ def main() -> None:
     train, test = mnist(args.quick, train_n=4096)
     shape, classes = train.data_shape, train.num_classes
 
-    rows, histories = [], {}
+    rows, histories, clf = [], {}, None
     variants = (("VAE", False, False), ("CVAE", True, False), ("CVAE, learned p(z|y)", True, True))
     for name, conditional, learned_prior in variants:
         torch.manual_seed(args.seed)
@@ -72,7 +72,7 @@ def main() -> None:
         )
         histories[name] = result.history
         device = next(model.parameters()).device
-        clf = classifier(args.quick, train, test, device)
+        clf = clf or classifier(args.quick, train, test, device)
         rec = reconstruction_metrics(model, test)
         g = torch.Generator(device=device).manual_seed(0)
         row = {

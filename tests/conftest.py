@@ -73,6 +73,19 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@pytest.fixture
+def light_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compile without generating code: ``torch.compile`` on the ``aot_eager`` backend (dynamo and
+    AOT autograd trace the step as usual, autograd hooks included) and the whole CPU step's traced
+    program run as traced. The engine × objective tests use it; one test per engine keeps inductor,
+    whose code generation does not depend on the objective."""
+    import torch._inductor
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn=None, *, mode=None, **kw: compile_(fn, backend="aot_eager", **kw))
+    monkeypatch.setattr(torch._inductor, "compile", lambda graph, inputs, options=None: graph)
+
+
 class PoisonedAdam(torch.optim.Adam):
     """Adam that writes NaN into the first parameter after its ``at``-th step (the loss of that step
     was finite): what a diverging update does."""

@@ -60,13 +60,16 @@ def float64():
 
 
 @pytest.mark.parametrize(
-    "kind,objective", [(kind, "elbo-warmup") for kind in ("mlp", "cvae", "conv")] + [("mlp", o) for o in OBJECTIVES]
+    "kind,objective", [(kind, "elbo-warmup") for kind in ("cvae", "conv")] + [("mlp", o) for o in OBJECTIVES]
 )
-def test_compiled_step_matches_torch_adam(aten_random, float64, kind, objective):
+def test_compiled_step_matches_torch_adam(aten_random, float64, kind, objective, request):
     """In float64 the only differences are rounding: weights, Adam's state and the summed loss
     agree with autograd + torch.optim.Adam over steps with weight decay, clipping that bites, a
     learning rate, betas, ε and weight decay changed between steps and a last batch of another
-    shape, for every objective (β schedules read the step counter inside the program)."""
+    shape, for every objective (β schedules read the step counter inside the program). The MLP
+    with the warm-up ELBO goes through inductor; the others run the traced program as traced."""
+    if (kind, objective) != ("mlp", "elbo-warmup"):
+        request.getfixturevalue("light_compile")
     torch.manual_seed(0)
     conditional = kind == "cvae"
     if kind == "cvae":
@@ -77,7 +80,12 @@ def test_compiled_step_matches_torch_adam(aten_random, float64, kind, objective)
             ConditionalNormal(10, 4),
         )
     elif kind == "conv":
-        ref = VAE(ConvEncoder(SHAPE, 4), ConvDecoder(4, SHAPE), Bernoulli(), StandardNormal(4))
+        ref = VAE(
+            ConvEncoder(SHAPE, 4, channels=(4, 8), hidden=16),
+            ConvDecoder(4, SHAPE, channels=(8, 4), hidden=16),
+            Bernoulli(),
+            StandardNormal(4),
+        )
     else:
         ref = small_vae()
     ref.validating = False
