@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "DESCRIPTION.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: Blocks that train on MNIST for many epochs, need a GPU or read a run folder made elsewhere are
 #: only checked for names here; the rest run.
 SLOW = re.compile(r"load_mnist\(|\"cuda\"|load\(\"runs/")
