@@ -17,6 +17,7 @@ $(STAMP): $(PY) pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/genvae train --epochs 3 --out runs/demo --resume
 	@echo "run folder: runs/demo (samples.png, reconstructions.png, loss.png, metrics.json)"
+	@echo "next: source .venv/bin/activate, then genvae info runs/demo"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
