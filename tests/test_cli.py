@@ -154,6 +154,14 @@ def test_cvae_config_from_toml(tmp_path, monkeypatch):
         (["eval", "/nonexistent/run"], "not a folder"),
         (["sample", "/nonexistent/run", "-o", "x.png"], "not a folder"),
         (["train", "--model", "vae", "--prior", "conditional", "--epochs", "1"], "--model cvae"),
+        (["train", "--model", "hvae", "--layers", "0"], "expected a positive int, got '0'"),
+        (["train", "--posterior-flow", "iaf", "--flow-length", "0"], "expected a positive int, got '0'"),
+        (["train", "--layers", "3"], "expected --model hvae with --layers 3, got --model vae"),
+        (["train", "--model", "hvae", "--arch", "conv"], "expected --arch mlp with --model hvae, got --arch conv"),
+        (["train", "--model", "hvae", "--objective", "dreg"], "expected --objective elbo, iwae or stl with"),
+        (["train", "--posterior-flow", "planar", "--objective", "stl"], "expected --objective elbo or iwae with"),
+        (["train", "--posterior-flow", "iaf", "--free-bits", "0.5"], "got --free-bits"),
+        (["train", "--model", "hvae", "--posterior-flow", "iaf"], "expected --posterior-flow none with --model hvae"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(argv, message, capsys):
@@ -292,6 +300,36 @@ def test_train_eval_sample_and_info_on_a_users_file(bars_npz, tmp_path, capsys, 
     assert main(["sample", str(run), "--label", "1", "--n", "4", "-o", str(tmp_path / "s.png"), "--device", "cpu"]) == 0
     assert main(["info", str(run)]) == 0
     assert f"data       {bars_npz.resolve()}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--model", "hvae", "--layers", "3"],
+        ["--model", "hvae", "--inference", "bottom-up", "--objective", "iwae", "--k", "3", "--prior", "vamp"],
+        ["--posterior-flow", "iaf", "--prior", "vamp"],
+        ["--posterior-flow", "householder", "--flow-length", "3", "--model", "cvae"],
+        ["--arch", "resnet", "--channels", "4,8", "--likelihood", "discretized-logistic"],
+    ],
+    ids=["hvae", "hvae-bottom-up-vamp", "iaf-vamp", "householder-cvae", "resnet"],
+)
+def test_deeper_models_train_evaluate_sample_and_load_from_the_command_line(flags, bars_npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(bars_npz), "--epochs", "1", "--latent-dim", "3", "--hidden", "16"]
+    assert main([*args, "--pseudo-inputs", "4", *flags, "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    cfg = RunConfig(**json.loads((run / "config.json").read_text()))
+    assert main(["eval", str(run), "--iw-samples", "4", "--device", "cpu"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["test_iw_nll"] <= result["test_neg_elbo"] + 1.0  # the IW bound is at least as tight, up to noise
+    label = ["--label", "1"] if cfg.model == "cvae" else []
+    assert main(["sample", str(run), *label, "--n", "4", "-o", str(tmp_path / "s.png"), "--device", "cpu"]) == 0
+    model = genvae.load(run)
+    assert type(model).__name__ == {"hvae": "HierarchicalVAE"}.get(cfg.model, cfg.model.upper())
+    if cfg.model == "hvae":
+        assert model.num_layers == (cfg.layers or 2) and model.top_down == (cfg.inference == "top-down")
+    if cfg.posterior_flow != "none":
+        assert type(model.encoder).__name__ == "FlowEncoder" and len(model.encoder.flows) == cfg.flow_length
+    assert main(["info", str(run)]) == 0
 
 
 def test_eval_and_info_on_a_folder_fit_wrote(bars_npz, tmp_path, capsys):

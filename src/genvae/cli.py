@@ -88,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--logistic-components", type=_positive(int), help="logistic-mixture components (default 10)")
     t.add_argument("--hidden", type=_ints, help="hidden sizes, e.g. 400 or 512,256 (default 400; conv: 128)")
     t.add_argument("--channels", type=_ints, help="conv encoder channels (default 32,64)")
-    t.add_argument("--latent-dim", type=_positive(int))
+    t.add_argument("--latent-dim", type=_positive(int), help="latent size (of every layer of an hvae) (default 20)")
+    t.add_argument("--layers", type=_positive(int), help="stochastic layers of an hvae (default 2)")
+    t.add_argument("--flow-length", type=_positive(int), help="steps of --posterior-flow (default 2)")
     t.add_argument("--sigma", type=_positive(float), help="Gaussian σ (initial value when learned)")
     t.add_argument("--components", type=_positive(int), help="mixture prior components (default 10)")
     t.add_argument("--pseudo-inputs", type=_positive(int), help="VampPrior pseudo-inputs (default 500)")
@@ -289,6 +291,12 @@ def _train(args: argparse.Namespace) -> None:
             raise
 
 
+def _shape_note(cfg: RunConfig) -> str:
+    """What the hierarchy and flow options add to a model's one-line summary."""
+    note = f" × {cfg.layers or 2} layers, {cfg.inference}" if cfg.model == "hvae" else ""
+    return note + (f", {cfg.flow_length} {cfg.posterior_flow} flow steps" if cfg.posterior_flow != "none" else "")
+
+
 def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, Any], run: Path) -> None:
     from .metrics.likelihood import evaluate_elbo
     from .train import fit
@@ -316,7 +324,7 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
     objective = build_objective(cfg, math.ceil(len(train) // world / cfg.batch_size))
     write_json(run / "config.json", cfg.to_dict())
     print(
-        f"training {cfg.model} ({cfg.arch}, z={cfg.latent_dim}, {cfg.likelihood}, {cfg.prior} prior) "
+        f"training {cfg.model} ({cfg.arch}, z={cfg.latent_dim}{_shape_note(cfg)}, {cfg.likelihood}, {cfg.prior} prior) "
         f"with {objective!r} on {len(train)} {cfg.dataset} examples for {_plural(cfg.epochs, 'epoch')} → {run}",
         file=sys.stderr,
     )

@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from . import likelihoods, nets, priors
+from torch import nn
+
+from . import flows, hierarchy, likelihoods, nets, priors
 from ._checks import positive_float, positive_int, shape_tuple
 from .models import CVAE, VAE
 from .objectives import ELBO, IWAE, STL, DReG, FreeBits, Objective
@@ -26,8 +28,10 @@ else:  # pragma: no cover
 __all__ = ["CHOICES", "RunConfig", "build_model", "build_objective", "read_config"]
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model": ("vae", "cvae"),
-    "arch": ("mlp", "conv"),
+    "model": ("vae", "cvae", "hvae"),
+    "arch": ("mlp", "conv", "resnet"),
+    "inference": ("top-down", "bottom-up"),
+    "posterior_flow": ("none", "iaf", "planar", "householder"),
     "likelihood": ("bernoulli", "continuous-bernoulli", "gaussian", "discretized-logistic", "logistic-mixture"),
     "learn_sigma": ("none", "global", "pixel"),
     "prior": ("standard", "learned", "mog", "vamp", "conditional"),
@@ -47,8 +51,12 @@ class RunConfig:
     Adam 1e-3, batch 128."""
 
     dataset: str = "mnist"  # a name of genvae.data.DATASETS, or the path of a data file or image folder
-    model: str = "vae"  # "cvae" conditions encoder and decoder on the one-hot label
-    arch: str = "mlp"
+    model: str = "vae"  # "cvae" conditions encoder and decoder on the one-hot label; "hvae" stacks layers
+    arch: str = "mlp"  # conv and resnet: stride-2 conv stacks, the latter with residual blocks
+    layers: int | None = None  # stochastic layers of an hvae (None: 2), each of latent_dim
+    inference: str = "top-down"  # hvae: Ladder VAE / NVAE order, or bottom-up as in the IWAE paper
+    posterior_flow: str = "none"  # IAF (Kingma et al. 2016), planar (Rezende & Mohamed 2015), Householder
+    flow_length: int = 2  # flow steps after the Gaussian posterior
     hidden: tuple[int, ...] | None = None  # None: (400,) for mlp, 128 for conv
     channels: tuple[int, ...] = (32, 64)  # conv encoder channels; the decoder mirrors them
     latent_dim: int = 20
@@ -90,9 +98,17 @@ class RunConfig:
         self.channels = shape_tuple("channels", self.channels)
         if not (isinstance(self.dataset, str) and self.dataset):
             raise TypeError(f"expected dataset to be a data set name or a path, got {self.dataset!r}")
-        for name in ("latent_dim", "components", "pseudo_inputs", "epochs", "batch_size", "logistic_components"):
+        for name in (
+            "latent_dim",
+            "components",
+            "pseudo_inputs",
+            "epochs",
+            "batch_size",
+            "logistic_components",
+            "flow_length",
+        ):
             positive_int(name, getattr(self, name))
-        for name in ("k", "train_subset", "test_subset"):
+        for name in ("k", "train_subset", "test_subset", "layers"):
             if getattr(self, name) is not None:
                 positive_int(name, getattr(self, name))
         positive_float("sigma", self.sigma)
@@ -135,8 +151,33 @@ class RunConfig:
                 f"expected --beta 1 and --beta-schedule constant with --objective {self.objective} (it estimates "
                 f"a bound's gradient), got --beta {self.beta} --beta-schedule {self.beta_schedule}"
             )
+        self._check_model_shape()
         if self.prior == "vamp" and self.model == "cvae":
             raise ValueError("expected --model vae with --prior vamp (pseudo-inputs carry no label), got --model cvae")
+
+    def _check_model_shape(self) -> None:
+        """The hierarchy and flow options fit the model and the objective."""
+        if self.model != "hvae":
+            if self.layers not in (None, 1):
+                raise ValueError(f"expected --model hvae with --layers {self.layers}, got --model {self.model}")
+            if self.inference != "top-down":
+                raise ValueError(f"expected --model hvae with --inference {self.inference}, got --model {self.model}")
+        else:
+            if self.arch != "mlp":
+                raise ValueError(f"expected --arch mlp with --model hvae, got --arch {self.arch}")
+            if self.posterior_flow != "none":
+                raise ValueError(
+                    f"expected --posterior-flow none with --model hvae (flows wrap a one-layer encoder), got "
+                    f"--posterior-flow {self.posterior_flow}"
+                )
+            if self.objective == "dreg" and (self.layers or 2) > 1:
+                raise ValueError("expected --objective elbo, iwae or stl with --model hvae, got dreg (one layer only)")
+        if self.posterior_flow != "none" and (self.objective in ("dreg", "stl") or self.free_bits is not None):
+            what = "--free-bits" if self.free_bits is not None else f"--objective {self.objective}"
+            raise ValueError(
+                f"expected --objective elbo or iwae with --posterior-flow {self.posterior_flow} (a flow's parameters "
+                f"cannot be stopped, nor its KL split per dimension), got {what}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
@@ -194,11 +235,47 @@ def _likelihood(cfg: RunConfig, data_shape: tuple[int, ...]) -> Any:
     return likelihoods.Gaussian(cfg.sigma, learned=cfg.learn_sigma != "none", shape=shape, event_dims=event_dims)
 
 
+def _top_prior(cfg: RunConfig, encoder: Any, data_shape: tuple[int, ...], num_classes: int) -> Any:
+    if cfg.prior == "standard":
+        return priors.StandardNormal(cfg.latent_dim)
+    if cfg.prior == "learned":
+        return priors.LearnedNormal(cfg.latent_dim)
+    if cfg.prior == "mog":
+        return priors.MixtureOfGaussians(cfg.latent_dim, cfg.components)
+    if cfg.prior == "vamp":
+        return priors.VampPrior(encoder, cfg.pseudo_inputs, data_shape)
+    return priors.ConditionalNormal(num_classes, cfg.latent_dim)
+
+
+def _flow(cfg: RunConfig, encoder: Any) -> Any:
+    """``encoder`` followed by ``cfg.flow_length`` flow steps amortised on the base posterior's (μ, log σ)."""
+    d = cfg.latent_dim
+    make = {
+        "iaf": lambda: flows.IAF(d, hidden=(max(2 * d, 64),), context_features=2 * d),
+        "planar": lambda: flows.Planar(d, context_features=2 * d),
+        "householder": lambda: flows.Householder(d, context_features=2 * d),
+    }[cfg.posterior_flow]
+    return flows.FlowEncoder(encoder, [make() for _ in range(cfg.flow_length)])
+
+
 def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int) -> LatentVariableModel:
-    """The VAE or CVAE that ``cfg`` describes, for data of ``data_shape`` with ``num_classes`` labels."""
+    """The VAE, CVAE or hierarchical VAE that ``cfg`` describes, for data of ``data_shape`` with
+    ``num_classes`` labels."""
     k = num_classes if cfg.model == "cvae" else None
     likelihood = _likelihood(cfg, data_shape)
     out_shape = likelihood.param_shape(data_shape)  # the decoder's output: the likelihood's parameters
+    if cfg.model == "hvae":
+        top = None if cfg.prior in ("standard", "vamp") else _top_prior(cfg, None, data_shape, num_classes)
+        return hierarchy.mlp_hierarchy(
+            data_shape,
+            (cfg.latent_dim,) * (cfg.layers or 2),
+            likelihood=likelihood,
+            hidden=cfg.hidden or (400,),
+            top_down=cfg.inference == "top-down",
+            prior=top,
+            num_pseudo_inputs=cfg.pseudo_inputs if cfg.prior == "vamp" else None,
+            activation=nn.ReLU,
+        )
     if cfg.arch == "mlp":
         hidden = cfg.hidden or (400,)
         encoder = nets.MLPEncoder(data_shape, cfg.latent_dim, hidden=hidden, num_classes=k)
@@ -206,21 +283,17 @@ def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int) -
     else:
         if len(data_shape) != 3:
             raise ValueError(
-                f"expected images (C, H, W) for --arch conv, got data of shape {data_shape}; use --arch mlp"
+                f"expected images (C, H, W) for --arch {cfg.arch}, got data of shape {data_shape}; use --arch mlp"
             )
         hidden = (cfg.hidden or (128,))[0]
-        encoder = nets.ConvEncoder(data_shape, cfg.latent_dim, channels=cfg.channels, hidden=hidden, num_classes=k)
-        decoder = nets.ConvDecoder(
+        conv, deconv = (
+            (nets.ConvEncoder, nets.ConvDecoder) if cfg.arch == "conv" else (nets.ResNetEncoder, nets.ResNetDecoder)
+        )
+        encoder = conv(data_shape, cfg.latent_dim, channels=cfg.channels, hidden=hidden, num_classes=k)
+        decoder = deconv(
             cfg.latent_dim, out_shape, channels=tuple(reversed(cfg.channels)), hidden=hidden, num_classes=k
         )
-    if cfg.prior == "standard":
-        prior: Any = priors.StandardNormal(cfg.latent_dim)
-    elif cfg.prior == "learned":
-        prior = priors.LearnedNormal(cfg.latent_dim)
-    elif cfg.prior == "mog":
-        prior = priors.MixtureOfGaussians(cfg.latent_dim, cfg.components)
-    elif cfg.prior == "vamp":
-        prior = priors.VampPrior(encoder, cfg.pseudo_inputs, data_shape)
-    else:
-        prior = priors.ConditionalNormal(num_classes, cfg.latent_dim)
+    prior = _top_prior(cfg, encoder, data_shape, num_classes)  # a VampPrior shares the Gaussian encoder
+    if cfg.posterior_flow != "none":
+        encoder = _flow(cfg, encoder)
     return (CVAE if cfg.model == "cvae" else VAE)(encoder, decoder, likelihood, prior)

@@ -1,7 +1,8 @@
 """Hierarchical VAEs: L stochastic layers, inferred top-down (Ladder VAE, NVAE) or bottom-up (IWAE).
 
-Layers are numbered from the data up, z_1 … z_L; parts are listed bottom first. The generative
-model is the same for both routes:
+Layers are numbered from the data up, z_1 … z_L; parts are listed bottom first, and the indices
+below count from 1 as the layers do (``up[0]`` in Python is up[1] here). The generative model is
+the same for both routes:
 
     z_L ~ p(z_L | y)                           the model's Prior part (any genvae prior)
     t_l = down[l](z_{l+1})                     deterministic top-down features, l = L−1 … 1
@@ -162,7 +163,7 @@ class MLPBlock(nn.Module):
     """``h (*S, B, *in_shape)`` [‖ one-hot y] → Linear → activation → … → ``(*S, B, out_features)``.
 
     A deterministic block of a hierarchy: every linear layer, the last included, is followed by
-    the activation, so that its output are features for a head or for the next block.
+    the activation, so that its outputs are features for a head or for the next block.
 
     Args:
         in_shape: the shape of one input: the data shape for the block on the data, ``(F,)`` or
@@ -602,13 +603,13 @@ def mlp_hierarchy(
     posterior heads below the top, which mix h_l ‖ t_l through one layer of h_l's width.
 
     The IWAE paper's two-layer net (784-100-100-(z_1=100)-50-50-(z_2=50), tanh, bottom-up;
-    https://arxiv.org/abs/1509.00519)::
+    https://arxiv.org/abs/1509.00519):
 
         mlp_hierarchy((1, 28, 28), (100, 50), likelihood=Bernoulli(), hidden=((100, 100), (50, 50)),
                       top_down=False)
 
     Tomczak & Welling's HVAE (L = 2) with a VampPrior (https://arxiv.org/abs/1705.07120), with
-    plain layers for their gated ones and a decoder from z_1 alone::
+    plain layers for their gated ones and a decoder from z_1 alone:
 
         mlp_hierarchy((1, 28, 28), (40, 40), likelihood=Bernoulli(), hidden=300, num_pseudo_inputs=500)
 
@@ -663,7 +664,8 @@ def mlp_hierarchy(
             heads.append(GaussianHead(widths[i][-1], dims[i], activation=activation))
     conditionals = [GaussianHead(widths[i + 1][0], dims[i], activation=activation) for i in range(top)]
     encoder = LadderEncoder(up, heads, top_down=top_down)
-    decoder = MLPDecoder(dims[0], shape, hidden=widths[0][::-1], num_classes=num_classes, activation=activation)
+    out_shape = tuple(likelihood.param_shape(shape)) if hasattr(likelihood, "param_shape") else shape
+    decoder = MLPDecoder(dims[0], out_shape, hidden=widths[0][::-1], num_classes=num_classes, activation=activation)
     if num_pseudo_inputs is not None:
         prior = VampPrior(encoder, num_pseudo_inputs, shape)
     elif prior is None:
