@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -9,6 +10,11 @@ import pytest
 import torch
 
 from genvae import ELBO, IWAE, STL, DReG, FreeBits
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One process per core runs the tests: one thread each, in this process and in its subprocesses.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 from genvae.schedules import Cyclical, LinearWarmup
 
 #: One of each objective, with β schedules that move within a short test run: every engine must

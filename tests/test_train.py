@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -226,6 +227,13 @@ def test_hot_loop_budget(data, monkeypatch, compile):
     assert counts["host"] <= steps // log_every + 1 + 8, (counts, steps)
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (tests may run in parallel)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["elbo", "dreg"])
 def test_ddp_two_processes_end_with_identical_weights(tmp_path, objective):
@@ -239,7 +247,7 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path, objective):
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29517",
+            str(free_port()),
             str(script),
             str(tmp_path),
             objective,
