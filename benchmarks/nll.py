@@ -1,0 +1,203 @@
+"""The binarized-MNIST likelihood table: train a row of the published line, follow its test NLL
+against wall-clock time, and evaluate the last weights with the importance-weighted bound.
+
+    python benchmarks/nll.py --row vamp --minutes 150 [--device cpu] [--final-k 5000]
+
+Data: MNIST dynamically binarized (a fresh Bernoulli draw of every training image at every pass;
+the test set binarized once, seed 0). Training runs through ``fit`` in slices of epochs resumed from
+the run folder, so the run can stop at a time budget; after each slice of about ``--curve-every``
+minutes the IW bound (``--curve-k`` samples) on the first ``--curve-n`` test images is recorded
+with the training time so far. At the end the IW bound with ``--final-k`` samples on the full test
+set gives the row's NLL with its standard error over images. The record goes to
+``benchmarks/results/nll/<row>-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import genvae
+from genvae import ELBO, IWAE, VAE, Objective
+from genvae.data import load_mnist
+from genvae.hierarchy import mlp_hierarchy
+from genvae.likelihoods import Bernoulli
+from genvae.metrics import eval_batches, iw_nll
+from genvae.nets import MLPDecoder, MLPEncoder
+from genvae.priors import StandardNormal, VampPrior
+from genvae.schedules import LinearWarmup
+from genvae.train import fit
+
+SHAPE = (1, 28, 28)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: the model, its objective and the published figure it is set against."""
+
+    title: str
+    build: Callable[[], nn.Module]
+    objective: Callable[[int], Objective]  # steps per epoch → objective
+    published: float | None
+    source: str
+    batch_size: int = 100
+    lr: float = 1e-3
+
+
+def burda_vae() -> nn.Module:
+    """Burda et al.'s one-layer network: 784-200-200-(z=50)-200-200-784, tanh."""
+    enc = MLPEncoder(SHAPE, 50, hidden=(200, 200), activation=nn.Tanh)
+    return VAE(enc, MLPDecoder(50, SHAPE, hidden=(200, 200), activation=nn.Tanh), Bernoulli(), StandardNormal(50))
+
+
+def vamp_vae() -> nn.Module:
+    """Tomczak & Welling's VAE + VampPrior: z = 40, two hidden layers of 300, 500 pseudo-inputs."""
+    enc = MLPEncoder(SHAPE, 40, hidden=(300, 300))
+    return VAE(enc, MLPDecoder(40, SHAPE, hidden=(300, 300)), Bernoulli(), VampPrior(enc, 500, SHAPE))
+
+
+def iwae_two_layers() -> nn.Module:
+    """Burda et al.'s two-layer network, bottom-up: 784-100-100-(z1=100)-50-50-(z2=50), tanh."""
+    return mlp_hierarchy(SHAPE, (100, 50), likelihood=Bernoulli(), hidden=((100, 100), (50, 50)), top_down=False)
+
+
+def hvae(pseudo_inputs: int | None = None) -> Callable[[], nn.Module]:
+    """A two-layer top-down hierarchy (z1 = z2 = 40, layers of 300, ReLU), as Tomczak & Welling's HVAE."""
+    return lambda: mlp_hierarchy(
+        SHAPE, (40, 40), likelihood=Bernoulli(), hidden=300, activation=nn.ReLU, num_pseudo_inputs=pseudo_inputs
+    )
+
+
+ROWS: dict[str, Row] = {
+    "vae": Row("VAE, 1 layer, MLP 200-200, z = 50", burda_vae, lambda s: ELBO(), 86.76, "Burda et al. 2015"),
+    "iwae": Row("IWAE k = 50, 1 layer", burda_vae, lambda s: IWAE(50), 84.78, "Burda et al. 2015"),
+    "vamp": Row(
+        "VAE + VampPrior",
+        vamp_vae,
+        lambda s: ELBO(LinearWarmup(1.0, steps=5 * s)),
+        82.38,
+        "Tomczak & Welling 2018",
+    ),
+    "iwae2": Row(
+        "IWAE k = 50, 2 layers (100 + 50 latents)", iwae_two_layers, lambda s: IWAE(50), 82.90, "Burda et al. 2015"
+    ),
+    "hvae": Row(
+        "HVAE (L = 2), top-down, standard normal prior",
+        hvae(),
+        lambda s: ELBO(LinearWarmup(1.0, steps=20 * s)),
+        None,
+        "—",
+    ),
+    "hvae-vamp": Row(
+        "HVAE (L = 2) + VampPrior",
+        hvae(500),
+        lambda s: ELBO(LinearWarmup(1.0, steps=20 * s)),
+        81.24,
+        "Tomczak & Welling 2018",
+    ),
+}
+
+
+def nll_summary(model: nn.Module, data, k: int, *, batch_size: int) -> tuple[float, float, int]:
+    """Mean IW bound −log p̂(x) (K = ``k``) over ``data``, its standard error over images, and N."""
+    values = torch.cat(
+        [iw_nll(model, x, k, y=y).double().cpu() for x, y in eval_batches(model, data, batch_size=batch_size)]
+    )
+    return float(values.mean()), float(values.std() / math.sqrt(len(values))), len(values)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--row", choices=list(ROWS), required=True)
+    p.add_argument("--minutes", type=float, default=60.0, help="training budget in wall-clock minutes")
+    p.add_argument("--max-epochs", type=int, default=10_000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads on a CPU (default: torch's)")
+    p.add_argument("--curve-every", type=float, default=10.0, help="minutes between curve points")
+    p.add_argument("--curve-k", type=int, default=500)
+    p.add_argument("--curve-n", type=int, default=1000)
+    p.add_argument("--final-k", type=int, default=5000, help="0: no final evaluation")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="fit(compile=True): on a CPU the whole step, for MLPs")
+    p.add_argument("--runs", type=Path, default=Path("runs/nll"))
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    row = ROWS[args.row]
+    device = genvae.train.resolve_device(args.device)
+    out = args.out or Path("benchmarks/results/nll") / f"{args.row}-{device.type}.json"
+    run = args.runs / f"{args.row}-{device.type}"
+    train, test = load_mnist("train", binarize="dynamic"), load_mnist("test", binarize="dynamic", seed=0)
+    curve_test = test.subset(args.curve_n)
+    torch.manual_seed(args.seed)
+    model = row.build().to(device)
+    objective = row.objective(-(-len(train) // row.batch_size))
+    record: dict[str, object] = {
+        "row": args.row,
+        "model": row.title,
+        "published_nll": row.published,
+        "source": row.source,
+        "objective": repr(objective),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch_size": row.batch_size,
+        "lr": row.lr,
+        "budget_minutes": args.minutes,
+        "compile": args.compile,
+        "curve": [],
+    }
+    trained, epochs, per_epoch = 0.0, 0, None
+    while trained < 60 * args.minutes and epochs < args.max_epochs:
+        left = 60 * args.minutes - trained
+        slice_s = min(60 * args.curve_every, left)
+        n = 1 if per_epoch is None else max(1, min(int(slice_s / per_epoch), args.max_epochs - epochs))
+        if per_epoch is not None and n * per_epoch > left + 0.5 * per_epoch and n == 1:
+            break
+        started = time.perf_counter()
+        history = fit(
+            model, train, test=test, epochs=epochs + n, objective=objective, batch_size=row.batch_size, lr=row.lr,
+            device=device, seed=args.seed, out=run, resume=epochs > 0, progress=False, compile=args.compile,
+        ).history  # fmt: skip
+        trained += time.perf_counter() - started
+        per_epoch = history[-1].seconds
+        epochs += n
+        nll, se, _ = nll_summary(model, curve_test, args.curve_k, batch_size=100)
+        point = {"epoch": epochs, "train_seconds": round(trained, 1), "test_elbo_loss": history[-1].test_loss,
+                 f"iw_nll_k{args.curve_k}_n{args.curve_n}": nll, "stderr": se}  # fmt: skip
+        record["curve"].append(point)  # type: ignore[union-attr]
+        print(json.dumps(point), flush=True)
+        record.update(epochs=epochs, train_seconds=round(trained, 1))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1) + "\n")
+    if args.final_k == 0:
+        return
+    started = time.perf_counter()
+    nll, se, n_test = nll_summary(model, test, args.final_k, batch_size=100)
+    record.update(
+        final={
+            "estimator": f"IW bound, K = {args.final_k}",
+            "nll": nll,
+            "stderr": se,
+            "test_images": n_test,
+            "eval_seconds": round(time.perf_counter() - started, 1),
+        }  # fmt: skip
+    )
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record["final"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
