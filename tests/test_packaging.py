@@ -67,7 +67,8 @@ def test_the_wheel_installs_into_a_fresh_venv_and_trains_outside_the_repository(
     run(sys.executable, "-m", "pip", "--python", python, "check", cwd=tmp_path, env=env)
 
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "digits.npz", x=rng.integers(0, 256, (300, 1, 12, 12), dtype=np.uint8), y=rng.integers(0, 3, 300))
+    x = rng.integers(0, 256, (300, 1, 12, 12), dtype=np.uint8)
+    np.savez(tmp_path / "digits.npz", x=x, y=rng.integers(0, 3, 300))
     out = run(
         venv / "bin" / "genvae", "train", "--dataset", tmp_path / "digits.npz", "--epochs", "1", "--train-subset",
         "200", "--hidden", "32", "--latent-dim", "4", "--out", tmp_path / "run", "--no-progress",
