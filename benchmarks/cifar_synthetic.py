@@ -74,14 +74,15 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     dims = math.prod(train.data_shape) * math.log(2)
     elbo = evaluate_elbo(model, test)
-    nll = evaluate_iw_nll(model, test, args.k, batch_size=20)
+    iw = evaluate_iw_nll(model, test, args.k, batch_size=20)
     record = {
         "data": f"synthetic_digits(channels=3, size=32) as CIFAR-10 batches: {args.train} train, {args.test} test",
         "model": "conv VAE (channels 32,64, hidden 128, z = 64), DiscretizedLogisticMixture(5)",
         "epochs": args.epochs,
         "train_seconds": round(seconds, 1),
         "test_neg_elbo_bits_per_dim": elbo.loss / dims,
-        "test_iw_bits_per_dim": nll / dims,
+        "test_iw_bits_per_dim": iw.nll / dims,
+        "test_iw_bits_per_dim_stderr": iw.stderr / dims,
         "iw_samples": args.k,
         "uniform_bits_per_dim": 8.0,
         "test_loss_per_epoch_bits_per_dim": [h.test_loss / dims for h in result.history],

@@ -55,7 +55,7 @@ def main() -> None:
             {
                 "z": z,
                 "test −ELBO": evaluate_elbo(model, test).loss,
-                f"IW-NLL (K={k})": evaluate_iw_nll(model, test, k),
+                f"IW-NLL (K={k})": evaluate_iw_nll(model, test, k).nll,
                 "MSE": rec.mse,
                 "SSIM": rec.ssim,
                 "FID (classifier)": sample_fid(model, test, clf, n=len(test), generator=g),

@@ -51,7 +51,7 @@ def main() -> None:
     )
 
     elbo = evaluate_elbo(model, test)
-    nll = evaluate_iw_nll(model, test, k)
+    iw = evaluate_iw_nll(model, test, k)
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(0)
     save_grid(model.sample(64, generator=g), args.out / "samples.png", nrow=8)
@@ -62,7 +62,7 @@ def main() -> None:
     row = {
         "test −ELBO (1 sample)": elbo.loss,
         "KL": elbo.kl,
-        f"IW-NLL (K={k})": nll,
+        f"IW-NLL (K={k})": f"{iw.nll:.2f} ± {iw.stderr:.2f}",
         "epochs": epochs,
         "s/epoch": sum(h.seconds for h in result.history) / epochs,
     }
@@ -74,7 +74,8 @@ def main() -> None:
         {
             "test_neg_elbo": elbo.loss,
             "test_kl": elbo.kl,
-            "test_iw_nll": nll,
+            "test_iw_nll": iw.nll,
+            "test_iw_nll_stderr": iw.stderr,
             "iw_samples": k,
             "history": [h.__dict__ for h in result.history],
         },

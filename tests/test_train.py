@@ -479,7 +479,7 @@ def test_metrics_are_recorded_per_epoch_and_do_not_change_training(data, tmp_pat
         measured,
         train,
         out=tmp_path,
-        metrics={"iw_nll_k10": lambda m: evaluate_iw_nll(m, test, 10), "training": lambda m: float(m.training)},
+        metrics={"iw_nll_k10": lambda m: evaluate_iw_nll(m, test, 10).nll, "training": lambda m: float(m.training)},
         **opts,
     )
     for p, q in zip(plain.parameters(), measured.parameters()):

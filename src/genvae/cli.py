@@ -407,9 +407,10 @@ def _eval(args: argparse.Namespace) -> None:
     )
     t0 = time.perf_counter()
     elbo = evaluate_elbo(model, test, batch_size=max(args.batch_size, 500), seed=args.seed)
-    nll = evaluate_iw_nll(
+    iw = evaluate_iw_nll(
         model, test, args.iw_samples, batch_size=args.batch_size, seed=args.seed, progress=sys.stderr.isatty()
     )
+    nll = iw.nll
     seconds = time.perf_counter() - t0
     dims = math.prod(test.data_shape)
     result = {
@@ -421,6 +422,7 @@ def _eval(args: argparse.Namespace) -> None:
         "test_log_likelihood": elbo.log_likelihood,
         "iw_samples": args.iw_samples,
         "test_iw_nll": nll,
+        "test_iw_nll_stderr": iw.stderr,
         "seconds": seconds,
         "units": "nats per image",
     }
@@ -441,6 +443,7 @@ def _eval(args: argparse.Namespace) -> None:
     ):
         bits = f"{value / (dims * math.log(2)):>10.3f}" if image and not label.startswith("  ") else ""
         print(f"{label:<34}{value:>12.2f}{bits}")
+    print(iw)  # IW-NLL (K=…) mean ± standard error over the examples
     for name in ("fid", "conditional_accuracy"):
         if name in result:
             print(f"{name.replace('_', ' '):<34}{result[name]:>12.4g}")

@@ -210,7 +210,7 @@ def fit(
         callbacks: called as ``callback(stats, model)`` after every epoch (rank 0 only).
         metrics: ``{name: fn}``; after every epoch ``fn(model)`` (in eval mode, rank 0 only) gives a
             number recorded in ``EpochStats.metrics`` and ``history.json``, e.g.
-            ``{"iw_nll": lambda m: evaluate_iw_nll(m, test, k=100)}``.
+            ``{"iw_nll": lambda m: evaluate_iw_nll(m, test, k=100).nll}``.
         optimizer: factory ``params -> Optimizer`` replacing Adam.
         scheduler: factory ``optimizer -> LRScheduler``, stepped once per epoch; a scheduler whose
             ``step`` takes a metric (``ReduceLROnPlateau``) gets the epoch's test loss, or its

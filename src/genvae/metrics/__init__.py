@@ -18,11 +18,23 @@ from .classifier import (
 )
 from .fid import fid, sample_fid
 from .image import ReconstructionMetrics, mse, reconstruction_metrics, ssim
-from .likelihood import ELBOSummary, eval_batches, evaluate_elbo, evaluate_iw_nll, evaluating, iw_nll
+from .likelihood import (
+    IW_COMPILE_SAMPLES,
+    ELBOSummary,
+    IWSummary,
+    eval_batches,
+    evaluate_elbo,
+    evaluate_iw_nll,
+    evaluating,
+    iw_nll,
+    native_bf16,
+)
 
 __all__ = [
+    "IW_COMPILE_SAMPLES",
     "MIN_ACCURACY",
     "ELBOSummary",
+    "IWSummary",
     "ImageClassifier",
     "MNISTClassifier",
     "ReconstructionMetrics",
@@ -37,6 +49,7 @@ __all__ = [
     "iw_nll",
     "mnist_classifier",
     "mse",
+    "native_bf16",
     "reconstruction_metrics",
     "sample_fid",
     "ssim",
