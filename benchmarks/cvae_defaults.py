@@ -35,6 +35,10 @@ ROWS: dict[str, list[str]] = {
     "beta 2, conditional prior": ["--beta", "2", "--prior", "conditional"],
     "beta 2, hidden 512,256": ["--beta", "2", "--hidden", "512,256"],
     "beta 3, hidden 512,256": ["--beta", "3", "--hidden", "512,256"],
+    "beta 3, conditional prior": ["--beta", "3", "--prior", "conditional"],
+    "beta 2, hidden 400,400": ["--beta", "2", "--hidden", "400,400"],
+    "beta 2, hidden 400,400, conditional prior": ["--beta", "2", "--hidden", "400,400", "--prior", "conditional"],
+    "beta 3, hidden 400,400, conditional prior": ["--beta", "3", "--hidden", "400,400", "--prior", "conditional"],
     "defaults": [],
 }
 

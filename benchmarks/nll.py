@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from genvae import ELBO, IWAE, VAE, Objective
 from genvae.data import load_mnist
 from genvae.hierarchy import mlp_hierarchy
 from genvae.likelihoods import Bernoulli
-from genvae.metrics import eval_batches, iw_nll
+from genvae.metrics import evaluate_iw_nll
 from genvae.nets import MLPDecoder, MLPEncoder
 from genvae.priors import StandardNormal, VampPrior
 from genvae.schedules import LinearWarmup
@@ -109,15 +108,50 @@ ROWS: dict[str, Row] = {
 
 def nll_summary(model: nn.Module, data, k: int, *, batch_size: int) -> tuple[float, float, int]:
     """Mean IW bound −log p̂(x) (K = ``k``) over ``data``, its standard error over images, and N."""
-    values = torch.cat(
-        [iw_nll(model, x, k, y=y).double().cpu() for x, y in eval_batches(model, data, batch_size=batch_size)]
-    )
-    return float(values.mean()), float(values.std() / math.sqrt(len(values))), len(values)
+    summary = evaluate_iw_nll(model, data, k, batch_size=batch_size)
+    return summary.nll, summary.stderr, summary.num_examples
+
+
+def report(records: Path, figure: Path) -> str:
+    """The Markdown table of every record under ``records``, and the figure of their curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = [json.loads(f.read_text()) for f in sorted(records.glob("*.json"))]
+    lines = [
+        "| model | published NLL | source | genvae NLL | estimator | epochs | device | training time | parameters |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for r in found:
+        final = r.get("final")
+        measured = f"{final['nll']:.2f} ± {final['stderr']:.2f}" if final else "not evaluated"
+        estimator = f"{final['estimator']}, {final['test_images']} test images" if final else ""
+        published = f"{r['published_nll']:.2f}" if r["published_nll"] is not None else "—"
+        lines.append(
+            f"| {r['model']} | {published} | {r['source']} | {measured} | {estimator} | {r['epochs']} | "
+            f"{r['device']} | {r['train_seconds'] / 60:.0f} min | {r['parameters']:,} |"
+        )
+        key = next(k for k in r["curve"][0] if k.startswith("iw_nll"))
+        ax.plot(
+            [c["train_seconds"] / 60 for c in r["curve"]], [c[key] for c in r["curve"]], marker="o", label=r["model"]
+        )
+        if r["published_nll"] is not None:
+            ax.axhline(r["published_nll"], ls=":", lw=0.8, color=ax.lines[-1].get_color())
+    ax.set(xlabel="training time (minutes)", ylabel="test NLL, IW bound (nats)", title="binarized MNIST")
+    ax.legend(fontsize=7)
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(figure, dpi=120)
+    return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--row", choices=list(ROWS), required=True)
+    p.add_argument("--report", action="store_true", help="print the table of the records and draw their curves")
+    p.add_argument("--row", choices=list(ROWS))
     p.add_argument("--minutes", type=float, default=60.0, help="training budget in wall-clock minutes")
     p.add_argument("--max-epochs", type=int, default=10_000)
     p.add_argument("--device", default="cpu")
@@ -131,6 +165,11 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=Path("runs/nll"))
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    if args.report:
+        print(report(Path("benchmarks/results/nll"), Path("docs/img/nll/nll_vs_time.png")))
+        return
+    if args.row is None:
+        p.error("expected --row NAME or --report")
     if args.threads:
         torch.set_num_threads(args.threads)
     row = ROWS[args.row]

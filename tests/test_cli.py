@@ -130,6 +130,19 @@ def test_same_seed_repeats_a_run(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_cvae_takes_its_own_defaults_where_the_flags_leave_them_unset():
+    from genvae.config import CVAE_DEFAULTS
+
+    cvae, vae = RunConfig(model="cvae"), RunConfig()
+    assert (cvae.hidden, cvae.beta, cvae.prior) == tuple(CVAE_DEFAULTS[k] for k in ("hidden", "beta", "prior"))
+    assert (vae.hidden, vae.beta, vae.prior) == (None, 1.0, "standard")
+    assert RunConfig(model="cvae", objective="dreg").beta == 1.0  # a bound's gradient: β must stay 1
+    given = RunConfig(model="cvae", beta=1.0, hidden=(64,), prior="standard")
+    assert (given.hidden, given.beta, given.prior) == ((64,), 1.0, "standard")
+    model = build_model(RunConfig(model="cvae", latent_dim=15), (1, 28, 28), 10)
+    assert model.encoder.hidden == (400, 400) and type(model.prior).__name__ == "ConditionalNormal"
+
+
 def test_cvae_config_from_toml(tmp_path, monkeypatch):
     """A TOML config builds the model it names; flags override it (checked without training)."""
     from genvae.config import read_config

@@ -86,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, allowed in CHOICES.items():
         t.add_argument(f"--{name.replace('_', '-')}", choices=allowed, default=None)
     t.add_argument("--logistic-components", type=_positive(int), help="logistic-mixture components (default 10)")
-    t.add_argument("--hidden", type=_ints, help="hidden sizes, e.g. 400 or 512,256 (default 400; conv: 128)")
+    t.add_argument(
+        "--hidden", type=_ints, help="hidden sizes, e.g. 400 or 512,256 (default 400; cvae: 400,400; conv: 128)"
+    )
     t.add_argument("--channels", type=_ints, help="conv encoder channels (default 32,64)")
     t.add_argument("--latent-dim", type=_positive(int), help="latent size (of every layer of an hvae) (default 20)")
     t.add_argument("--layers", type=_positive(int), help="stochastic layers of an hvae (default 2)")
@@ -105,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--free-bits", type=_number(float, zero=True), metavar="λ", help="KL floor in nats per latent dimension (elbo)"
     )
-    t.add_argument("--beta", type=_number(float, zero=True), help="KL weight β (default 1)")
+    t.add_argument("--beta", type=_number(float, zero=True), help="KL weight β (default 1; cvae with elbo or iwae: 2)")
     t.add_argument(
         "--warmup-epochs", type=_number(int, zero=True), help="epochs for β to rise from 0 (linear, cyclical)"
     )
