@@ -8,8 +8,10 @@ the test set binarized once, seed 0). Training runs through ``fit`` in slices of
 the run folder, so the run can stop at a time budget; after each slice of about ``--curve-every``
 minutes the IW bound (``--curve-k`` samples) on the first ``--curve-n`` test images is recorded
 with the training time so far. At the end the IW bound with ``--final-k`` samples on the full test
-set gives the row's NLL with its standard error over images. The record goes to
-``benchmarks/results/nll/<row>-<device>.json``.
+set (or its first ``--final-n`` images) gives the row's NLL with its standard error over images;
+``--evaluate`` does only that, on the weights a run left in its folder. The record goes to
+``benchmarks/results/nll/<row>-<device>.json``; ``--report`` prints the table of all records and
+draws their curves (``docs/img/nll/nll_vs_time.png``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from genvae import ELBO, IWAE, VAE, Objective
 from genvae.data import load_mnist
 from genvae.hierarchy import mlp_hierarchy
 from genvae.likelihoods import Bernoulli
-from genvae.metrics import evaluate_iw_nll
+from genvae.metrics import evaluate_elbo, evaluate_iw_nll
 from genvae.nets import MLPDecoder, MLPEncoder
 from genvae.priors import StandardNormal, VampPrior
 from genvae.schedules import LinearWarmup
@@ -128,7 +130,7 @@ def report(records: Path, figure: Path) -> str:
     for r in found:
         final = r.get("final")
         measured = f"{final['nll']:.2f} ± {final['stderr']:.2f}" if final else "not evaluated"
-        estimator = f"{final['estimator']}, {final['test_images']} test images" if final else ""
+        estimator = f"{final['estimator']}, {final['test_images']:,} test images" if final else ""
         published = f"{r['published_nll']:.2f}" if r["published_nll"] is not None else "—"
         lines.append(
             f"| {r['model']} | {published} | {r['source']} | {measured} | {estimator} | {r['epochs']} | "
@@ -160,6 +162,8 @@ def main() -> None:
     p.add_argument("--curve-k", type=int, default=500)
     p.add_argument("--curve-n", type=int, default=1000)
     p.add_argument("--final-k", type=int, default=5000, help="0: no final evaluation")
+    p.add_argument("--final-n", type=int, default=None, help="the first N test images (default: all)")
+    p.add_argument("--evaluate", action="store_true", help="only the final evaluation of the run folder's weights")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="fit(compile=True): on a CPU the whole step, for MLPs")
     p.add_argument("--runs", type=Path, default=Path("runs/nll"))
@@ -199,6 +203,9 @@ def main() -> None:
         "curve": [],
     }
     trained, epochs, per_epoch = 0.0, 0, None
+    if args.evaluate:  # the run folder's last weights, and the record its training wrote
+        model, record = genvae.load(run).to(device), json.loads(out.read_text())
+        trained, epochs, args.max_epochs = record["train_seconds"], record["epochs"], 0
     while trained < 60 * args.minutes and epochs < args.max_epochs:
         left = 60 * args.minutes - trained
         slice_s = min(60 * args.curve_every, left)
@@ -224,10 +231,12 @@ def main() -> None:
     if args.final_k == 0:
         return
     started = time.perf_counter()
-    nll, se, n_test = nll_summary(model, test, args.final_k, batch_size=100)
+    final_test = test.subset(args.final_n) if args.final_n else test
+    nll, se, n_test = nll_summary(model, final_test, args.final_k, batch_size=100)
     record.update(
         final={
             "estimator": f"IW bound, K = {args.final_k}",
+            "test_neg_elbo": evaluate_elbo(model, test).loss,
             "nll": nll,
             "stderr": se,
             "test_images": n_test,
