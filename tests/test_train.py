@@ -501,28 +501,29 @@ def test_compiled_fits_keep_their_own_cache_and_never_reset_the_process(data, mo
     from torch._dynamo.utils import counters
 
     train, _ = data
-    monkeypatch.setattr(dynamo_config, "recompile_limit", 1)
+    # config.patch restores the limit as the config module keeps it (monkeypatch's restore hides it)
     monkeypatch.setattr(torch.compiler, "reset", lambda: pytest.fail("fit reset torch.compile's caches"))
     graphs = []
-    for hidden in (16, 24):
-        torch.manual_seed(0)
-        model = VAE(
-            MLPEncoder(SHAPE, 4, hidden=(hidden,)),
-            MLPDecoder(4, SHAPE, hidden=(hidden,)),
-            Bernoulli(),
-            StandardNormal(4),
-        )
-        fit(
-            model,
-            train.subset(64),
-            epochs=1,
-            batch_size=32,
-            device="cpu",
-            compile=True,
-            progress=False,
-            optimizer=lambda p: torch.optim.Adam(p),
-        )
-        graphs.append(counters["stats"]["unique_graphs"])
+    with dynamo_config.patch(recompile_limit=1):
+        for hidden in (16, 24):
+            torch.manual_seed(0)
+            model = VAE(
+                MLPEncoder(SHAPE, 4, hidden=(hidden,)),
+                MLPDecoder(4, SHAPE, hidden=(hidden,)),
+                Bernoulli(),
+                StandardNormal(4),
+            )
+            fit(
+                model,
+                train.subset(64),
+                epochs=1,
+                batch_size=32,
+                device="cpu",
+                compile=True,
+                progress=False,
+                optimizer=lambda p: torch.optim.Adam(p),
+            )
+            graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[1] > graphs[0]
 
 
