@@ -19,9 +19,9 @@ demo: $(STAMP)
 	@echo "run folder: runs/demo (samples.png, reconstructions.png, loss.png, metrics.json)"
 	@echo "next: source .venv/bin/activate, then genvae info runs/demo"
 
-# One worker per core, each test file on one worker (its fixtures are built once).
+# One pytest worker per core (pytest-xdist), tests handed out one by one.
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PY) -m pytest -q -n auto
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples benchmarks

@@ -279,9 +279,9 @@ def test_vae_satisfies_the_public_model_contract() -> None:
 
 
 def test_a_large_k_runs_in_bounded_memory(tmp_path) -> None:
-    """elbo(x, k=5000) on 100 MNIST-sized images with the 784-400-20 MLP, gradients on: the draws
-    are decoded in chunks (recomputed in the backward pass), so the peak stays under 1 GB (the
-    unchunked decoder output alone would be 1.5 GB, its activations several more)."""
+    """elbo(x, k=5000) on 40 MNIST-sized images with the 784-400-20 MLP, gradients on: the draws
+    are decoded in chunks (recomputed in the backward pass), so the peak stays under 0.8 GB (the
+    unchunked decoder output alone would be 0.63 GB, its log-density and activations as much again)."""
     import subprocess
     import sys
 
@@ -293,7 +293,7 @@ from genvae.likelihoods import Bernoulli
 from genvae.priors import StandardNormal
 torch.set_num_threads(1)
 model = VAE(MLPEncoder((1, 28, 28), 20), MLPDecoder(20, (1, 28, 28)), Bernoulli(), StandardNormal(20))
-x = torch.rand(100, 1, 28, 28).round()
+x = torch.rand(40, 1, 28, 28).round()
 model.elbo(x[:2], k=2)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out = model.elbo(x, k=5000)
@@ -303,5 +303,5 @@ print((after - before) / 2**20, out.elbo.shape[0], bool(out.elbo.requires_grad))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     gib, batch, grad = result.stdout.split()
-    assert int(batch) == 100 and grad == "True"
-    assert float(gib) < 1.0
+    assert int(batch) == 40 and grad == "True"
+    assert float(gib) < 0.8
