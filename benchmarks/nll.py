@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import genvae
+import genvae.runfolder
 from genvae import ELBO, IWAE, VAE, Objective
 from genvae.data import load_mnist
 from genvae.hierarchy import mlp_hierarchy
@@ -205,6 +206,10 @@ def main() -> None:
     trained, epochs, per_epoch = 0.0, 0, None
     if args.evaluate:  # the run folder's last weights, and the record its training wrote
         model, record = genvae.load(run).to(device), json.loads(out.read_text())
+        history = json.loads(genvae.runfolder.read_member(run, "history.json"))
+        history = history if isinstance(history, list) else history["history"]
+        late = [h["seconds"] for h in history if h["epoch"] > record["epochs"]]  # after the last curve point
+        record.update(epochs=len(history), train_seconds=round(record["train_seconds"] + sum(late), 1))
         trained, epochs, args.max_epochs = record["train_seconds"], record["epochs"], 0
     while trained < 60 * args.minutes and epochs < args.max_epochs:
         left = 60 * args.minutes - trained
