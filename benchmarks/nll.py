@@ -143,6 +143,8 @@ def report(records: Path, figure: Path) -> str:
         )
         if r["published_nll"] is not None:
             ax.axhline(r["published_nll"], ls=":", lw=0.8, color=ax.lines[-1].get_color())
+    ax.axhline(84.0, color="grey", ls="--", lw=0.8, label="84 nats (the 2.5-hour CPU target)")
+    ax.set_ylim(76, 100)  # the first points of a run lie far above; the frontier is what matters
     ax.set(xlabel="training time (minutes)", ylabel="test NLL, IW bound (nats)", title="binarized MNIST")
     ax.legend(fontsize=7)
     figure.parent.mkdir(parents=True, exist_ok=True)
