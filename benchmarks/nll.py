@@ -9,7 +9,8 @@ the run folder, so the run can stop at a time budget; after each slice of about 
 minutes the IW bound (``--curve-k`` samples) on the first ``--curve-n`` test images is recorded
 with the training time so far. At the end the IW bound with ``--final-k`` samples on the full test
 set (or its first ``--final-n`` images) gives the row's NLL with its standard error over images;
-``--evaluate`` does only that, on the weights a run left in its folder. The record goes to
+``--evaluate`` does only that, on the weights a run left in its folder, and ``--resume`` continues
+a stopped run up to ``--minutes`` of training in all. The record goes to
 ``benchmarks/results/nll/<row>-<device>.json``; ``--report`` prints the table of all records and
 draws their curves (``docs/img/nll/nll_vs_time.png``).
 """
@@ -167,6 +168,7 @@ def main() -> None:
     p.add_argument("--final-k", type=int, default=5000, help="0: no final evaluation")
     p.add_argument("--final-n", type=int, default=None, help="the first N test images (default: all)")
     p.add_argument("--evaluate", action="store_true", help="only the final evaluation of the run folder's weights")
+    p.add_argument("--resume", action="store_true", help="continue the row's run until --minutes of training in all")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="fit(compile=True): on a CPU the whole step, for MLPs")
     p.add_argument("--runs", type=Path, default=Path("runs/nll"))
@@ -206,13 +208,17 @@ def main() -> None:
         "curve": [],
     }
     trained, epochs, per_epoch = 0.0, 0, None
-    if args.evaluate:  # the run folder's last weights, and the record its training wrote
-        model, record = genvae.load(run).to(device), json.loads(out.read_text())
+    if args.evaluate or args.resume:  # the run folder's last weights, and the record its training wrote
+        record = {**json.loads(out.read_text()), "budget_minutes": args.minutes}
+        if args.resume:
+            record["threads_after_resume"] = torch.get_num_threads()
         history = json.loads(genvae.runfolder.read_member(run, "history.json"))
         history = history if isinstance(history, list) else history["history"]
         late = [h["seconds"] for h in history if h["epoch"] > record["epochs"]]  # after the last curve point
         record.update(epochs=len(history), train_seconds=round(record["train_seconds"] + sum(late), 1))
-        trained, epochs, args.max_epochs = record["train_seconds"], record["epochs"], 0
+        trained, epochs = record["train_seconds"], record["epochs"]
+        if args.evaluate:
+            model, args.max_epochs = genvae.load(run).to(device), 0
     while trained < 60 * args.minutes and epochs < args.max_epochs:
         left = 60 * args.minutes - trained
         slice_s = min(60 * args.curve_every, left)
