@@ -283,7 +283,7 @@ def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int) -
     likelihood = _likelihood(cfg, data_shape)
     out_shape = likelihood.param_shape(data_shape)  # the decoder's output: the likelihood's parameters
     if cfg.model == "hvae":
-        top = None if cfg.prior in ("standard", "vamp") else _top_prior(cfg, None, data_shape, num_classes)
+        top = None if cfg.prior == "vamp" else _top_prior(cfg, None, data_shape, num_classes)  # vamp: built inside
         return hierarchy.mlp_hierarchy(
             data_shape,
             (cfg.latent_dim,) * (cfg.layers or 2),
