@@ -240,7 +240,7 @@ def test_label_for_unconditional_model_fails_cleanly(mnist_run, tmp_path):
         ("lr = -0.1", "expected lr to be a positive finite number"),
         ("hidden = [400, 0]", "expected hidden[1] to be a positive int"),
         ("latent-dim = 2.5", "expected latent_dim to be a positive int"),
-        ('amp = "yes"', "expected amp to be true or false"),
+        ('amp = "yes"', 'expected amp to be true, false or "auto"'),
         ("test-subset = -3", "expected test_subset to be a positive int"),
     ],
 )

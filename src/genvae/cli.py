@@ -22,6 +22,7 @@ from . import __version__, runfolder
 from ._files import write_json
 from .config import CHOICES, DEFAULT_IW_K, RunConfig, build_model, build_objective, read_config
 from .data.sources import DATASETS
+from .engine import COMPILE_MIN_STEPS, choose_engine
 from .io import load
 
 __all__ = ["main"]
@@ -119,13 +120,19 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     t.add_argument(
         "--compile",
-        action="store_true",
-        default=None,
-        help="torch.compile the training step (on a CPU the whole step, Adam update included)",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the training step (on a CPU the whole step, Adam update included); default: "
+        f"when the model allows it and the run plans at least {COMPILE_MIN_STEPS:,} steps",
     )
-    t.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast")
     t.add_argument(
-        "--cuda-graph", action="store_true", default=None, help="replay the whole training step as one CUDA graph"
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        help="bfloat16 autocast; default: with compile, where the device has bfloat16 matrix units",
+    )
+    t.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        help="replay the whole training step as one CUDA graph; default: on a CUDA device",
     )
     t.add_argument("--train-subset", type=_positive(int), help="train on the first N images")
     t.add_argument("--test-subset", type=_positive(int), help="evaluate on the first N test images")
@@ -277,7 +284,7 @@ def _train(args: argparse.Namespace) -> None:
             raise _UserError("expected --out RUN with --resume (the run folder to continue)")
         cfg.out = f"runs/{cfg.model}-{cfg.arch}-z{cfg.latent_dim}-{time.strftime('%Y%m%d-%H%M%S')}"
     device = resolve_device(cfg.device)  # fail before any data is loaded
-    if cfg.cuda_graph and device.type != "cuda":
+    if cfg.cuda_graph is True and device.type != "cuda":
         raise _UserError(f"--cuda-graph needs a CUDA device, got --device {cfg.device} ({device.type})")
     run = Path(cfg.out)
     if run.exists() and not run.is_dir():
@@ -301,7 +308,7 @@ def _shape_note(cfg: RunConfig) -> str:
 
 def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, Any], run: Path) -> None:
     from .metrics.likelihood import evaluate_elbo
-    from .train import fit
+    from .train import fit, resolve_device
     from .viz import save_grid, save_loss_curves, save_reconstructions
 
     removed = runfolder.recover(run)
@@ -323,13 +330,22 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
     torch.manual_seed(cfg.seed)  # the initial weights, so that a seed repeats a run
     model = build_model(cfg, train.data_shape, train.num_classes)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    objective = build_objective(cfg, math.ceil(len(train) // world / cfg.batch_size))
+    steps_per_epoch = math.ceil(len(train) // world / cfg.batch_size)
+    objective = build_objective(cfg, steps_per_epoch)
+    # "auto" is resolved here, once, so that config.json records what runs and a resume repeats it.
+    engine = choose_engine(
+        model, resolve_device(cfg.device), cfg.epochs * steps_per_epoch, compile=cfg.compile, amp=cfg.amp,
+        cuda_graph=cfg.cuda_graph, processes=world,
+    )  # fmt: skip
+    requested = {"compile": cfg.compile, "amp": cfg.amp, "cuda_graph": cfg.cuda_graph}  # fit resolves them alike
+    cfg.compile, cfg.amp, cfg.cuda_graph = engine.compile, engine.amp, engine.cuda_graph
     write_json(run / "config.json", cfg.to_dict())
     print(
         f"training {cfg.model} ({cfg.arch}, z={cfg.latent_dim}{_shape_note(cfg)}, {cfg.likelihood}, {cfg.prior} prior) "
         f"with {objective!r} on {len(train)} {cfg.dataset} examples for {_plural(cfg.epochs, 'epoch')} → {run}",
         file=sys.stderr,
     )
+    print(f"engine: {engine.describe()} ({engine.reason})", file=sys.stderr)
     result = fit(
         model,
         train,
@@ -341,9 +357,7 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
         grad_clip=cfg.grad_clip,
         device=cfg.device,
         seed=cfg.seed,
-        compile=cfg.compile,
-        amp=cfg.amp,
-        cuda_graph=cfg.cuda_graph,
+        **requested,
         out=run,
         resume=args.resume,
         progress=False if args.no_progress else None,
@@ -533,6 +547,9 @@ def _info(args: argparse.Namespace) -> None:
             f"lr {record.get('lr')}, seed {record.get('seed')}"
         )
         print(f"objective  {record.get('objective')}")
+    engine = _fit_record(args.run).get("engine")
+    if isinstance(engine, dict):
+        print(f"engine     {engine.get('name')} ({engine.get('reason')})")
     try:
         records = json.loads(runfolder.read_member(args.run, "history.json"))
     except FileNotFoundError:

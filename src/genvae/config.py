@@ -88,9 +88,9 @@ class RunConfig:
     grad_clip: float | None = None
     seed: int = 1
     device: str = "auto"
-    compile: bool = False
-    amp: bool = False
-    cuda_graph: bool = False  # whole-step CUDA graph replay (GPU only)
+    compile: bool | str = "auto"  # "auto": genvae.engine decides; a string other than "auto": the mode
+    amp: bool | str = "auto"  # bfloat16 autocast; "auto": with compile, on bfloat16 matrix units
+    cuda_graph: bool | str = "auto"  # whole-step CUDA graph replay (GPU only); "auto": on a GPU
     train_subset: int | None = None  # first N training images (quick runs)
     test_subset: int | None = None
     out: str | None = None
@@ -128,10 +128,10 @@ class RunConfig:
             if isinstance(value, bool) or not isinstance(value, int) or (name != "seed" and value < 0):
                 raise ValueError(f"expected {name} to be an int{'' if name == 'seed' else ' >= 0'}, got {value!r}")
         for name in ("amp", "cuda_graph"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"expected {name} to be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.compile, (bool, str)):
-            raise TypeError(f"expected compile to be true, false or a torch.compile mode, got {self.compile!r}")
+            if not (isinstance(getattr(self, name), bool) or getattr(self, name) == "auto"):
+                raise TypeError(f'expected {name} to be true, false or "auto", got {getattr(self, name)!r}')
+        if not (isinstance(self.compile, bool) or (isinstance(self.compile, str) and self.compile)):
+            raise TypeError(f'expected compile to be true, false, "auto" or a torch.compile mode, got {self.compile!r}')
         for name in ("device", "out"):
             if not isinstance(getattr(self, name), str) and not (name == "out" and self.out is None):
                 raise TypeError(f"expected {name} to be a string, got {getattr(self, name)!r}")

@@ -1,5 +1,6 @@
 """Training: ``fit`` runs Adam (or any optimizer) on an objective (the negative ELBO by default),
-with checkpoints that resume bit-identically, a NaN guard, optional ``torch.compile``/autocast, and
+with checkpoints that resume bit-identically, a NaN guard, ``torch.compile``/autocast/CUDA graphs
+chosen per run ([`genvae.engine`][genvae.engine]), and
 DistributedDataParallel when started under ``torchrun``. Every engine wraps the one step of
 [`genvae.step`][genvae.step].
 
@@ -36,10 +37,11 @@ from . import runfolder
 from ._checks import positive_float, positive_int
 from ._files import write_json
 from ._graph import GraphedStep
-from ._step import CompiledAdamStep, compiles_whole
+from ._step import CompiledAdamStep
 from .data import AnyData, ImageDataset
 from .data.dataset import as_dataset
 from .data.loader import BatchLoader, StreamingLoader, head, make_loader
+from .engine import Engine, choose_engine
 from .io import MODEL_FILE, describe, save
 from .metrics.likelihood import evaluate_elbo, evaluating
 from .objectives import ELBO, Objective
@@ -77,10 +79,12 @@ class EpochStats:
 
 @dataclass(frozen=True)
 class FitResult:
-    """What [`fit`][genvae.train.fit] returns: the per-epoch history and the run folder (if any)."""
+    """What [`fit`][genvae.train.fit] returns: the per-epoch history, the run folder (if any) and the
+    engine that ran the steps (``compile``, ``amp`` and ``cuda_graph`` as resolved)."""
 
     history: list[EpochStats]
     out: Path | None
+    engine: Engine
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -143,9 +147,9 @@ def fit(
     grad_clip: float | None = None,
     device: str | torch.device = "auto",
     seed: int = 0,
-    compile: bool | str = False,
-    amp: bool = False,
-    cuda_graph: bool = False,
+    compile: bool | str = "auto",
+    amp: bool | str = "auto",
+    cuda_graph: bool | str = "auto",
     out: str | os.PathLike[str] | None = None,
     resume: bool = False,
     callbacks: Sequence[Callable[[EpochStats, nn.Module], None]] = (),
@@ -184,7 +188,9 @@ def fit(
         grad_clip: clip the global gradient norm to this value.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: seeds the parameters' noise draws and the batch order.
-        compile: ``torch.compile`` the step; a string picks its mode, e.g. ``"max-autotune"``. On a
+        compile: ``torch.compile`` the step; a string picks its mode, e.g. ``"max-autotune"``;
+            ``"auto"`` (the default) decides from the device, the model and the planned number of
+            steps (see [`genvae.engine`][genvae.engine]; ``FitResult.engine`` says what ran). On a
             CPU with the default Adam, in one process, the whole step is compiled as one program:
             gradients by `torch.func.grad_and_value` and torch.optim.Adam's update, on the
             optimizer's own state (so checkpoints are unchanged), traced once and compiled by
@@ -194,13 +200,15 @@ def fit(
             parts (a VampPrior reuses the encoder), the loss is compiled and autograd and the
             optimizer run as usual.
         amp: bfloat16 autocast for the forward pass (on a CPU it pays with ``compile``, which
-            fuses the casts into the neighbouring kernels).
+            fuses the casts into the neighbouring kernels); ``"auto"`` (the default) turns it on
+            with compile where the device has bfloat16 matrix units.
         cuda_graph: on a CUDA device, capture the whole step (loss, backward, optimizer step) as
             one CUDA graph after three warm-up steps and replay it for every full batch; the
             last, smaller batch of an epoch runs eagerly. This removes the kernel-launch cost
             that bounds small models on a GPU. It needs one process, and an optimizer built with
             ``capturable=True`` (the default Adam is); combine with ``compile=True`` to fuse the
-            elementwise kernels as well.
+            elementwise kernels as well. ``"auto"`` (the default) turns it on on a CUDA device
+            with the default optimizer.
         out: run folder; after every epoch it receives ``checkpoint.pt`` (weights, optimizer,
             scheduler and RNG states, history), ``model.safetensors`` and ``history.json`` as one
             set committed by ``manifest.json`` (see [`genvae.runfolder`][genvae.runfolder]). The
@@ -291,8 +299,8 @@ def _fit(
     device: str | torch.device,
     seed: int,
     compile: bool | str,
-    amp: bool,
-    cuda_graph: bool,
+    amp: bool | str,
+    cuda_graph: bool | str,
     resume: bool,
     callbacks: Sequence[Callable[[EpochStats, nn.Module], None]],
     metrics: Mapping[str, Callable[[LatentVariableModel], float]] | None,
@@ -304,7 +312,7 @@ def _fit(
 ) -> FitResult:
     """The body of [`fit`][genvae.train.fit], with its arguments checked and the run folder locked."""
     dev = resolve_device(device)
-    if cuda_graph and (dev.type != "cuda" or world > 1):
+    if cuda_graph is True and (dev.type != "cuda" or world > 1):
         raise ValueError(
             f"expected cuda_graph=True on a single CUDA device, got device {str(dev)!r} and {world} processes"
         )
@@ -327,6 +335,29 @@ def _fit(
     model.to(dev)
     dtype = next(model.parameters()).dtype
     params = [p for p in model.parameters() if p.requires_grad]
+    loader = make_loader(
+        train,
+        batch_size,
+        shuffle=True,
+        drop_last=False,
+        device=dev,
+        rank=rank,
+        world_size=world,
+        generator=torch.Generator().manual_seed(seed),
+        dtype=dtype,
+        num_workers=num_workers,
+    )
+    steps_per_epoch = len(loader)
+    # Decided from the whole run's plan, so that a resumed run keeps the engine it started with.
+    engine = choose_engine(
+        model, dev, epochs * steps_per_epoch, compile=compile, amp=amp, cuda_graph=cuda_graph,
+        default_optimizer=optimizer is None, processes=world,
+    )  # fmt: skip
+    compile, amp, cuda_graph = engine.compile, engine.amp, engine.cuda_graph
+    if engine.channels_last:
+        model.to(memory_format=torch.channels_last)  # the weights' layout; values and names unchanged
+    if rank == 0:
+        log.info("engine: %s (%s)", engine.describe(), engine.reason)
     if optimizer is None:
         # Under a CUDA graph the learning rate is a device tensor, so that a scheduler's updates
         # reach the captured kernels.
@@ -344,25 +375,12 @@ def _fit(
                 f"{type(opt).__name__} with capturable={opt.defaults.get('capturable')}"
             )
     sched = scheduler(opt) if scheduler is not None else None
-    loader = make_loader(
-        train,
-        batch_size,
-        shuffle=True,
-        drop_last=False,
-        device=dev,
-        rank=rank,
-        world_size=world,
-        generator=torch.Generator().manual_seed(seed),
-        dtype=dtype,
-        num_workers=num_workers,
-    )
     conditional = model.num_classes is not None
-    steps_per_epoch = len(loader)
     if objective is None:
         objective = ELBO(LinearWarmup(beta, kl_warmup_epochs * steps_per_epoch) if kl_warmup_epochs else beta)
     count = torch.zeros((), dtype=torch.int64, device=dev)  # optimizer steps taken; drives β schedules
     if run is not None and rank == 0:
-        write_json(run / FIT_FILE, _describe_fit(train, test, objective, epochs, batch_size, lr, seed))
+        write_json(run / FIT_FILE, _describe_fit(train, test, objective, epochs, batch_size, lr, seed, engine))
 
     history: list[EpochStats] = []
     start = 0
@@ -390,7 +408,7 @@ def _fit(
 
     mode = compile if isinstance(compile, str) else None
     # On a CPU, with the default Adam, the whole step is compiled (see _step.py); elsewhere the loss.
-    whole_step = bool(compile) and optimizer is None and dev.type == "cpu" and world == 1 and compiles_whole(model)
+    whole_step = engine.whole_step
     loss_fn = torch.compile(_own_copy(objective_loss), mode=mode) if compile and not whole_step else objective_loss
     show = progress if progress is not None else sys.stderr.isatty()
     running = torch.zeros((), device=dev)  # the epoch's summed loss, read back every log_every steps
@@ -473,7 +491,7 @@ def _fit(
                     _write_checkpoint(run, model, opt, sched, rng, epoch + 1, int(count), history)
                 for callback in callbacks:
                     callback(stats, model)
-    return FitResult(history, run)
+    return FitResult(history, run, engine)
 
 
 def _describe_fit(
@@ -484,6 +502,7 @@ def _describe_fit(
     batch_size: int,
     lr: float,
     seed: int,
+    engine: Engine,
 ) -> dict[str, object]:
     """What ``fit.json`` records: the data (where they came from, when known) and the training call."""
 
@@ -502,6 +521,7 @@ def _describe_fit(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
+        "engine": {**asdict(engine), "name": engine.describe()},
     }
 
 

@@ -1,0 +1,159 @@
+"""The engine a fit runs: ``"auto"`` resolved from the device, the model and the planned steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from genvae import VAE, engine
+from genvae.cli import main
+from genvae.engine import COMPILE_MIN_STEPS, GRAPH_MIN_STEPS, Engine, choose_engine
+from genvae.likelihoods import Bernoulli
+from genvae.metrics import native_bf16
+from genvae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from genvae.priors import StandardNormal, VampPrior
+from genvae.train import fit
+
+SHAPE = (1, 8, 8)
+
+
+def mlp() -> VAE:
+    return VAE(MLPEncoder(SHAPE, 3, hidden=(16,)), MLPDecoder(3, SHAPE, hidden=(16,)), Bernoulli(), StandardNormal(3))
+
+
+def conv() -> VAE:
+    return VAE(ConvEncoder(SHAPE, 3), ConvDecoder(3, SHAPE), Bernoulli(), StandardNormal(3))
+
+
+def vamp() -> VAE:
+    encoder = MLPEncoder(SHAPE, 3, hidden=(16,))
+    return VAE(encoder, MLPDecoder(3, SHAPE, hidden=(16,)), Bernoulli(), VampPrior(encoder, 4, SHAPE))
+
+
+@pytest.fixture
+def gpu(monkeypatch: pytest.MonkeyPatch):
+    """A CUDA device of the given compute capability, as far as ``choose_engine`` asks."""
+
+    def make(capability: tuple[int, int]) -> torch.device:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        return torch.device("cuda")
+
+    return make
+
+
+def test_long_cpu_run_compiles_the_whole_step_with_bf16_where_the_cpu_has_it():
+    e = choose_engine(mlp(), "cpu", COMPILE_MIN_STEPS)
+    assert e.compile is True and e.whole_step and not e.cuda_graph
+    assert e.amp is native_bf16("cpu")
+    assert "compiled" in e.reason and f"{COMPILE_MIN_STEPS:,}" in e.reason
+
+
+def test_short_cpu_run_stays_eager_in_float32():
+    e = choose_engine(mlp(), "cpu", COMPILE_MIN_STEPS - 1)
+    assert e == Engine(False, False, False, False, False, e.reason)
+    assert "not compiled" in e.reason and e.describe() == "eager, float32"
+
+
+def test_conv_model_compiles_whole_with_channels_last_weights():
+    e = choose_engine(conv(), "cpu", COMPILE_MIN_STEPS)
+    assert e.whole_step and e.channels_last and e.amp is native_bf16("cpu")
+    assert e.describe().startswith("whole step compiled, channels-last")
+    assert not choose_engine(mlp(), "cpu", COMPILE_MIN_STEPS).channels_last
+
+
+def test_shared_parameters_stay_eager():
+    e = choose_engine(vamp(), "cpu", 10**6)
+    assert not e.compile and not e.amp and not e.whole_step
+    assert "parameters shared between parts" in e.reason
+
+
+@pytest.mark.parametrize("options", [{"default_optimizer": False}, {"processes": 2}])
+def test_own_optimizer_or_several_processes_stay_eager(options):
+    e = choose_engine(mlp(), "cpu", 10**6, **options)
+    assert not e.compile and not e.whole_step
+    assert "default optimizer in one process" in e.reason
+
+
+def test_explicit_settings_win():
+    e = choose_engine(mlp(), "cpu", 1, compile=True, amp=True, cuda_graph=False)
+    assert (e.compile, e.amp, e.cuda_graph, e.whole_step) == (True, True, False, True)
+    assert e.reason == "as given" and e.describe() == "whole step compiled, bf16 autocast"
+    e = choose_engine(mlp(), "cpu", 10**6, compile=False)
+    assert not e.compile and not e.amp  # bfloat16 only with compile
+    e = choose_engine(vamp(), "cpu", 1, compile="max-autotune")
+    assert e.compile == "max-autotune" and not e.whole_step
+    assert e.describe().startswith("loss compiled (max-autotune)")
+
+
+def test_gpu_with_bf16_units_gets_graph_compile_and_bf16(gpu):
+    e = choose_engine(mlp(), gpu((9, 0)), COMPILE_MIN_STEPS)
+    assert (e.cuda_graph, e.compile, e.amp, e.whole_step) == (True, True, True, False)
+    assert e.describe() == "CUDA graph, loss compiled, bf16 autocast"
+
+
+def test_gpu_without_bf16_units_and_short_runs(gpu):
+    e = choose_engine(conv(), gpu((7, 5)), COMPILE_MIN_STEPS)
+    assert (e.cuda_graph, e.compile, e.amp, e.channels_last) == (True, True, False, False)
+    assert "no bfloat16 matrix units" in e.reason
+    e = choose_engine(mlp(), gpu((9, 0)), GRAPH_MIN_STEPS - 1)
+    assert (e.cuda_graph, e.compile, e.amp) == (False, False, False)
+    e = choose_engine(mlp(), gpu((9, 0)), 10**6, default_optimizer=False)
+    assert not e.cuda_graph and e.compile is True  # the loss compiles with any optimizer
+
+
+@pytest.mark.parametrize(
+    "name, value", [("compile", ""), ("compile", 1), ("amp", "yes"), ("amp", None), ("cuda_graph", "on")]
+)
+def test_bad_settings_are_named(name, value):
+    with pytest.raises(ValueError, match=f"expected {name} to be .*got {value!r}"):
+        choose_engine(mlp(), "cpu", 1, **{name: value})
+
+
+def test_fit_reports_and_records_the_engine(tmp_path):
+    x = torch.rand(64, *SHAPE)
+    result = fit(mlp(), x, epochs=1, batch_size=32, out=tmp_path / "run", progress=False)
+    assert result.engine.describe() == "eager, float32"
+    record = json.loads((tmp_path / "run" / "fit.json").read_text())["engine"]
+    assert record["compile"] is False and record["name"] == "eager, float32"
+    assert "2 planned steps" in record["reason"]
+
+
+def test_fit_compiles_from_the_threshold(monkeypatch, light_compile):
+    monkeypatch.setattr(engine, "COMPILE_MIN_STEPS", 4)
+    x = torch.rand(64, *SHAPE)
+    short = fit(mlp(), x, epochs=1, batch_size=32, progress=False)  # 2 steps
+    long = fit(mlp(), x, epochs=2, batch_size=32, progress=False)  # 4 steps
+    assert not short.engine.compile
+    assert long.engine.compile is True and long.engine.whole_step and long.engine.amp is native_bf16("cpu")
+    assert all(torch.isfinite(torch.tensor(h.train_loss)) for h in long.history)
+    model = conv()
+    result = fit(model, x, epochs=2, batch_size=32, progress=False)
+    assert result.engine.channels_last and result.engine.whole_step
+    weight = model.encoder.convs[2].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+def test_cli_records_the_resolved_engine_and_resume_keeps_it(tmp_path, capsys, monkeypatch, light_compile):
+    data = tmp_path / "x.pt"
+    torch.save(torch.rand(96, *SHAPE), data)
+    run = tmp_path / "run"
+    common = ["train", "--dataset", str(data), "--hidden", "16", "--latent-dim", "3", "--batch-size", "32"]
+    assert main([*common, "--epochs", "1", "--out", str(run), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "engine: eager, float32 (not compiled: 3 planned steps < 2,000" in err
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["compile"], saved["amp"], saved["cuda_graph"]) == (False, False, False)
+
+    # With a lower threshold a new run would compile; the resumed one keeps its recorded engine.
+    monkeypatch.setattr(engine, "COMPILE_MIN_STEPS", 2)
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((run / "fit.json").read_text())["engine"]["compile"] is False
+    assert main(["info", str(run)]) == 0
+    assert "engine     eager, float32 (as given)" in capsys.readouterr().out
+
+    flagged = tmp_path / "flagged"
+    assert main([*common, "--epochs", "1", "--compile", "--no-amp", "--out", str(flagged), "--no-progress"]) == 0
+    saved = json.loads((flagged / "config.json").read_text())
+    assert (saved["compile"], saved["amp"]) == (True, False)
