@@ -229,6 +229,7 @@ def main() -> None:
         history = fit(
             model, train, test=test, epochs=epochs + n, objective=objective, batch_size=row.batch_size, lr=row.lr,
             device=device, seed=args.seed, out=run, resume=epochs > 0, progress=False, compile=args.compile,
+            amp=False,  # float32 throughout; the engine must not change between the resumed slices
         ).history  # fmt: skip
         trained += time.perf_counter() - started
         per_epoch = history[-1].seconds
