@@ -170,7 +170,6 @@ def test_cvae_config_from_toml(tmp_path, monkeypatch):
         (["train", "--model", "hvae", "--layers", "0"], "expected a positive int, got '0'"),
         (["train", "--posterior-flow", "iaf", "--flow-length", "0"], "expected a positive int, got '0'"),
         (["train", "--layers", "3"], "expected --model hvae with --layers 3, got --model vae"),
-        (["train", "--model", "hvae", "--arch", "conv"], "expected --arch mlp with --model hvae, got --arch conv"),
         (["train", "--model", "hvae", "--objective", "dreg"], "expected --objective elbo, iwae or stl with"),
         (["train", "--posterior-flow", "planar", "--objective", "stl"], "expected --objective elbo or iwae with"),
         (["train", "--posterior-flow", "iaf", "--free-bits", "0.5"], "got --free-bits"),
@@ -323,8 +322,10 @@ def test_train_eval_sample_and_info_on_a_users_file(bars_npz, tmp_path, capsys, 
         ["--posterior-flow", "iaf", "--prior", "vamp"],
         ["--posterior-flow", "householder", "--flow-length", "3", "--model", "cvae"],
         ["--arch", "resnet", "--channels", "4,8", "--likelihood", "discretized-logistic"],
+        ["--model", "hvae", "--arch", "conv", "--channels", "4,8", "--prior", "vamp"],
+        ["--model", "hvae", "--arch", "resnet", "--channels", "4,8", "--inference", "bottom-up"],
     ],
-    ids=["hvae", "hvae-bottom-up-vamp", "iaf-vamp", "householder-cvae", "resnet"],
+    ids=["hvae", "hvae-bottom-up-vamp", "iaf-vamp", "householder-cvae", "resnet", "conv-hvae-vamp", "resnet-hvae"],
 )
 def test_deeper_models_train_evaluate_sample_and_load_from_the_command_line(flags, bars_npz, tmp_path, capsys):
     run = tmp_path / "run"
@@ -340,6 +341,8 @@ def test_deeper_models_train_evaluate_sample_and_load_from_the_command_line(flag
     assert type(model).__name__ == {"hvae": "HierarchicalVAE"}.get(cfg.model, cfg.model.upper())
     if cfg.model == "hvae":
         assert model.num_layers == (cfg.layers or 2) and model.top_down == (cfg.inference == "top-down")
+        first = {"mlp": "MLPBlock", "conv": "ConvBlock", "resnet": "ConvBlock"}[cfg.arch]
+        assert type(model.encoder.up[0]).__name__ == first
     if cfg.posterior_flow != "none":
         assert type(model.encoder).__name__ == "FlowEncoder" and len(model.encoder.flows) == cfg.flow_length
     assert main(["info", str(run)]) == 0

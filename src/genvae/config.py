@@ -181,8 +181,6 @@ class RunConfig:
             if self.inference != "top-down":
                 raise ValueError(f"expected --model hvae with --inference {self.inference}, got --model {self.model}")
         else:
-            if self.arch != "mlp":
-                raise ValueError(f"expected --arch mlp with --model hvae, got --arch {self.arch}")
             if self.posterior_flow != "none":
                 raise ValueError(
                     f"expected --posterior-flow none with --model hvae (flows wrap a one-layer encoder), got "
@@ -276,6 +274,13 @@ def _flow(cfg: RunConfig, encoder: Any) -> Any:
     return flows.FlowEncoder(encoder, [make() for _ in range(cfg.flow_length)])
 
 
+def _check_images(cfg: RunConfig, data_shape: tuple[int, ...]) -> None:
+    if len(data_shape) != 3:
+        raise ValueError(
+            f"expected images (C, H, W) for --arch {cfg.arch}, got data of shape {data_shape}; use --arch mlp"
+        )
+
+
 def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int) -> LatentVariableModel:
     """The VAE, CVAE or hierarchical VAE that ``cfg`` describes, for data of ``data_shape`` with
     ``num_classes`` labels."""
@@ -284,25 +289,27 @@ def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int) -
     out_shape = likelihood.param_shape(data_shape)  # the decoder's output: the likelihood's parameters
     if cfg.model == "hvae":
         top = None if cfg.prior == "vamp" else _top_prior(cfg, None, data_shape, num_classes)  # vamp: built inside
-        return hierarchy.mlp_hierarchy(
-            data_shape,
-            (cfg.latent_dim,) * (cfg.layers or 2),
-            likelihood=likelihood,
-            hidden=cfg.hidden or (400,),
-            top_down=cfg.inference == "top-down",
-            prior=top,
-            num_pseudo_inputs=cfg.pseudo_inputs if cfg.prior == "vamp" else None,
-            activation=nn.ReLU,
-        )
+        shape = {
+            "likelihood": likelihood,
+            "top_down": cfg.inference == "top-down",
+            "prior": top,
+            "num_pseudo_inputs": cfg.pseudo_inputs if cfg.prior == "vamp" else None,
+            "activation": nn.ReLU,
+        }
+        dims = (cfg.latent_dim,) * (cfg.layers or 2)
+        if cfg.arch == "mlp":
+            return hierarchy.mlp_hierarchy(data_shape, dims, hidden=cfg.hidden or (400,), **shape)
+        _check_images(cfg, data_shape)
+        return hierarchy.conv_hierarchy(
+            data_shape, dims, channels=cfg.channels, blocks=int(cfg.arch == "resnet"), hidden=(cfg.hidden or (400,))[0],
+            **shape,
+        )  # fmt: skip
     if cfg.arch == "mlp":
         hidden = cfg.hidden or (400,)
         encoder = nets.MLPEncoder(data_shape, cfg.latent_dim, hidden=hidden, num_classes=k)
         decoder = nets.MLPDecoder(cfg.latent_dim, out_shape, hidden=tuple(reversed(hidden)), num_classes=k)
     else:
-        if len(data_shape) != 3:
-            raise ValueError(
-                f"expected images (C, H, W) for --arch {cfg.arch}, got data of shape {data_shape}; use --arch mlp"
-            )
+        _check_images(cfg, data_shape)
         hidden = (cfg.hidden or (128,))[0]
         conv, deconv = (
             (nets.ConvEncoder, nets.ConvDecoder) if cfg.arch == "conv" else (nets.ResNetEncoder, nets.ResNetDecoder)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -38,12 +39,31 @@ from torch.distributions import Distribution, Independent, constraints
 
 from ._checks import check_labels, optional_num_classes, positive_int, shape_tuple
 from .models import ELBOOutput, _fit_likelihood, _LatentVariableModel, _sample_with
-from .nets import MLPDecoder, _activation, _gaussian, _mlp, _one_hot
+from .nets import (
+    ConvDecoder,
+    MLPDecoder,
+    ResNetDecoder,
+    _activation,
+    _gaussian,
+    _halvings,
+    _mlp,
+    _one_hot,
+    residual_trunk,
+)
 from .priors import StandardNormal, VampPrior
 from .protocols import Decoder, Likelihood, Prior
 from .terms import LatentLayer, Terms
 
-__all__ = ["GaussianHead", "HierarchicalVAE", "KLOnDraws", "LadderEncoder", "MLPBlock", "mlp_hierarchy"]
+__all__ = [
+    "ConvBlock",
+    "GaussianHead",
+    "HierarchicalVAE",
+    "KLOnDraws",
+    "LadderEncoder",
+    "MLPBlock",
+    "conv_hierarchy",
+    "mlp_hierarchy",
+]
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -201,6 +221,62 @@ class MLPBlock(nn.Module):
         if onehot is not None:
             h = torch.cat([h, onehot], dim=-1)  # (*S, B, F + K)
         return self.net(h)
+
+
+class ConvBlock(nn.Module):
+    """``x (B, C, H, W)`` [‖ one-hot y] → a conv trunk → Linear → activation → ``(B, out_features)``.
+
+    The data-facing block of a convolutional hierarchy: stride-2 3×3 convs to each of
+    ``channels``, each followed by ``blocks`` residual blocks
+    ([`residual_trunk`][genvae.nets.residual_trunk]; ``blocks=0``: plain convs, as in
+    [`ConvEncoder`][genvae.nets.ConvEncoder]), flattened, then one linear layer and the activation,
+    so that its output is features for a head or for the next block.
+
+    Args:
+        data_shape: ``(C, H, W)``.
+        out_features: the width of the output.
+        channels: channels of each stage; one halving of the spatial size per stage.
+        blocks: residual blocks per stage.
+        gated: gated residual blocks (Tomczak & Welling 2018) instead of plain ones.
+        num_classes: condition on a label (``None``: unconditional).
+        activation: nonlinearity class after the linear layer.
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        out_features: int,
+        *,
+        channels: Sequence[int] = (32, 64),
+        blocks: int = 0,
+        gated: bool = False,
+        num_classes: int | None = None,
+        activation: type[nn.Module] = nn.Tanh,
+    ) -> None:
+        super().__init__()
+        self.data_shape = shape_tuple("data_shape", data_shape)
+        if len(self.data_shape) != 3:
+            raise ValueError(f"expected data_shape (C, H, W) for ConvBlock, got {self.data_shape}")
+        self.out_features = positive_int("out_features", out_features)
+        self.channels = shape_tuple("channels", channels)
+        self.blocks = blocks
+        if not isinstance(gated, bool):
+            raise TypeError(f"expected gated to be a bool, got {type(gated).__name__} {gated!r}")
+        self.gated = gated
+        self.num_classes = optional_num_classes(num_classes)
+        self.activation = _activation(activation)
+        c, h, w = self.data_shape
+        self.trunk = residual_trunk(c + (self.num_classes or 0), self.channels, blocks, gated=gated)
+        side = _halvings(h, len(self.channels))[-1] * _halvings(w, len(self.channels))[-1]
+        self.out = nn.Sequential(nn.Linear(self.channels[-1] * side, self.out_features), self.activation())
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """``x (B, C, H, W)``, ``y (B,)`` → ``(B, out_features)``."""
+        onehot = _one_hot(y, self.num_classes, x[:, 0, 0, :1])  # (B, K)
+        if onehot is not None:
+            planes = onehot[:, :, None, None].expand(-1, -1, *x.shape[-2:])  # (B, K, H, W)
+            x = torch.cat([x, planes], dim=1)  # (B, C + K, H, W)
+        return self.out(self.trunk(x).flatten(start_dim=1))
 
 
 class GaussianHead(nn.Module):
@@ -631,11 +707,96 @@ def mlp_hierarchy(
         ValueError: no latent layers, ``hidden`` with another number of layers, both ``prior``
             and ``num_pseudo_inputs``, or a VampPrior with ``num_classes``.
     """
+    shape, dims = _shape_and_dims(data_shape, latent_dims)
+    widths = _layer_widths(hidden, len(dims))
+    _check_top(prior, num_pseudo_inputs, num_classes)
+    first = MLPBlock(shape, widths[0][-1], hidden=widths[0][:-1], num_classes=num_classes, activation=activation)
+    out_shape = tuple(likelihood.param_shape(shape)) if hasattr(likelihood, "param_shape") else shape
+    decoder = partial(
+        MLPDecoder, dims[0], out_shape, hidden=widths[0][::-1], num_classes=num_classes, activation=activation
+    )
+    return _assemble(shape, dims, widths, first, decoder, likelihood, top_down, prior, num_pseudo_inputs, activation)
+
+
+def conv_hierarchy(
+    data_shape: Sequence[int],
+    latent_dims: int | Sequence[int] = (40, 40),
+    *,
+    likelihood: Likelihood,
+    channels: Sequence[int] = (32, 64),
+    blocks: int = 0,
+    gated: bool = False,
+    hidden: int | Sequence[int] | Sequence[Sequence[int]] = 300,
+    top_down: bool = True,
+    num_classes: int | None = None,
+    prior: Prior | None = None,
+    num_pseudo_inputs: int | None = None,
+    activation: type[nn.Module] = nn.Tanh,
+) -> HierarchicalVAE:
+    """A hierarchical VAE whose data-facing block and decoder are convolutional, every layer Gaussian.
+
+    As [`mlp_hierarchy`][genvae.hierarchy.mlp_hierarchy] above the first layer; the first layer's
+    block is a [`ConvBlock`][genvae.hierarchy.ConvBlock] (stride-2 convs to each of ``channels``,
+    with ``blocks`` residual blocks after each, then a linear layer to ``hidden[0]``), and the
+    decoder from z_1 mirrors it: a [`ConvDecoder`][genvae.nets.ConvDecoder] (``blocks=0``) or a
+    [`ResNetDecoder`][genvae.nets.ResNetDecoder] over the reversed channels, through a hidden layer
+    of ``hidden[0]``. This is the shape of Tomczak & Welling's convolutional HVAE
+    (https://arxiv.org/abs/1705.07120), with plain or gated residual blocks for their gated convs:
+
+        conv_hierarchy((1, 28, 28), (40, 40), likelihood=Bernoulli(), num_pseudo_inputs=500)
+
+    Args:
+        data_shape: ``(C, H, W)``.
+        latent_dims: D_l per layer, bottom first; an int is one layer.
+        likelihood: a genvae likelihood; the decoder is built for its ``param_shape``.
+        channels: channels of the first block's stages (the decoder's, reversed).
+        blocks: residual blocks per stage (0: plain stride-2 convs).
+        gated: gated residual blocks instead of plain ones.
+        hidden: widths of each layer's block: an int or a tuple for every layer, or one tuple per
+            layer, bottom first; the first layer takes one width, its block's output.
+        top_down: top-down inference, else bottom-up.
+        num_classes: condition the first block and the decoder on a label.
+        prior: the top prior; by default N(0, I).
+        num_pseudo_inputs: a VampPrior at the top with this many pseudo-inputs, sharing the encoder.
+        activation: nonlinearity class of the MLP layers and of the first block's output.
+
+    Raises:
+        ValueError: no latent layers, data that are not images, more than one width for the first
+            layer, ``blocks`` below 0, or the top-prior conflicts of ``mlp_hierarchy``.
+    """
+    shape, dims = _shape_and_dims(data_shape, latent_dims)
+    widths = _layer_widths(hidden, len(dims))
+    if len(widths[0]) != 1:
+        raise ValueError(f"expected one width for the first layer of a conv hierarchy, got hidden[0] = {widths[0]}")
+    _check_top(prior, num_pseudo_inputs, num_classes)
+    first = ConvBlock(
+        shape, widths[0][0], channels=channels, blocks=blocks, gated=gated, num_classes=num_classes,
+        activation=activation,
+    )  # fmt: skip
+    out_shape = tuple(likelihood.param_shape(shape)) if hasattr(likelihood, "param_shape") else shape
+    reversed_channels = tuple(first.channels[::-1])
+    decoder: Callable[[], nn.Module]
+    if blocks == 0:
+        decoder = partial(
+            ConvDecoder, dims[0], out_shape, channels=reversed_channels, hidden=widths[0][0], num_classes=num_classes
+        )
+    else:
+        decoder = partial(
+            ResNetDecoder,
+            dims[0], out_shape, channels=reversed_channels, blocks=blocks, hidden=widths[0][0], num_classes=num_classes,
+            gated=gated,
+        )  # fmt: skip
+    return _assemble(shape, dims, widths, first, decoder, likelihood, top_down, prior, num_pseudo_inputs, activation)
+
+
+def _shape_and_dims(data_shape: object, latent_dims: object) -> tuple[tuple[int, ...], tuple[int, ...]]:
     shape = shape_tuple("data_shape", data_shape)
     if isinstance(latent_dims, Sequence) and len(latent_dims) == 0:
         raise ValueError("expected at least one latent layer, got 0")
-    dims = shape_tuple("latent_dims", latent_dims)
-    widths = _layer_widths(hidden, len(dims))
+    return shape, shape_tuple("latent_dims", latent_dims)
+
+
+def _check_top(prior: Prior | None, num_pseudo_inputs: int | None, num_classes: int | None) -> None:
     if prior is not None and num_pseudo_inputs is not None:
         raise ValueError(
             f"expected prior or num_pseudo_inputs, got both: {type(prior).__name__} and {num_pseudo_inputs}"
@@ -645,10 +806,25 @@ def mlp_hierarchy(
             f"expected num_classes=None with num_pseudo_inputs (a VampPrior encodes its pseudo-inputs without "
             f"labels), got num_classes={num_classes}"
         )
+
+
+def _assemble(
+    shape: tuple[int, ...],
+    dims: tuple[int, ...],
+    widths: tuple[tuple[int, ...], ...],
+    first: nn.Module,
+    decoder: Callable[[], nn.Module],
+    likelihood: Likelihood,
+    top_down: bool,
+    prior: Prior | None,
+    num_pseudo_inputs: int | None,
+    activation: type[nn.Module],
+) -> HierarchicalVAE:
+    """The MLP layers above the data-facing block ``first``: blocks up and down, posterior heads,
+    conditional priors and the top prior, around the decoder ``decoder()`` builds (after the
+    encoder, so that a seed gives the parameters it gave before the builders shared this code)."""
     top = len(dims) - 1
-    up: list[nn.Module] = [
-        MLPBlock(shape, widths[0][-1], hidden=widths[0][:-1], num_classes=num_classes, activation=activation)
-    ]
+    up: list[nn.Module] = [first]
     for i in range(1, len(dims)):
         source = widths[i - 1][-1] if top_down else dims[i - 1]
         up.append(MLPBlock(source, widths[i][-1], hidden=widths[i][:-1], activation=activation))
@@ -664,10 +840,9 @@ def mlp_hierarchy(
             heads.append(GaussianHead(widths[i][-1], dims[i], activation=activation))
     conditionals = [GaussianHead(widths[i + 1][0], dims[i], activation=activation) for i in range(top)]
     encoder = LadderEncoder(up, heads, top_down=top_down)
-    out_shape = tuple(likelihood.param_shape(shape)) if hasattr(likelihood, "param_shape") else shape
-    decoder = MLPDecoder(dims[0], out_shape, hidden=widths[0][::-1], num_classes=num_classes, activation=activation)
+    net = decoder()
     if num_pseudo_inputs is not None:
         prior = VampPrior(encoder, num_pseudo_inputs, shape)
     elif prior is None:
         prior = StandardNormal(dims[top])
-    return HierarchicalVAE(encoder, down, conditionals, decoder, likelihood, prior)
+    return HierarchicalVAE(encoder, down, conditionals, net, likelihood, prior)

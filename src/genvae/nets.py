@@ -27,6 +27,7 @@ __all__ = [
     "ResNetDecoder",
     "ResNetEncoder",
     "ResidualBlock",
+    "residual_trunk",
 ]
 
 
@@ -340,6 +341,26 @@ class ResidualBlock(nn.Module):
         return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
 
 
+def residual_trunk(in_channels: int, channels: Sequence[int], blocks: int, *, gated: bool = False) -> nn.Sequential:
+    """Stride-2 3×3 convs to each of ``channels``, each followed by ``blocks``
+    [`ResidualBlock`][genvae.nets.ResidualBlock]s, a ReLU before every later conv and at the end:
+    ``(B, in_channels, H, W)`` → ``(B, channels[-1], ⌈H/2^n⌉, ⌈W/2^n⌉)``. With ``blocks=0`` it is
+    a plain stack of stride-2 convs and ReLUs, as in [`ConvEncoder`][genvae.nets.ConvEncoder]."""
+    in_channels = positive_int("in_channels", in_channels)
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
+        raise ValueError(f"expected blocks to be an int >= 0, got {blocks!r}")
+    layers: list[nn.Module] = []
+    c_in = in_channels
+    for i, c_out in enumerate(shape_tuple("channels", channels)):
+        if i > 0:
+            layers.append(nn.ReLU())
+        layers.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1))
+        layers += [ResidualBlock(c_out, gated=gated) for _ in range(blocks)]
+        c_in = c_out
+    layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
 class ResNetEncoder(nn.Module):
     """Stages of residual blocks between stride-2 convs, then a hidden layer → (μ, logvar).
 
@@ -385,19 +406,10 @@ class ResNetEncoder(nn.Module):
         self.num_classes = optional_num_classes(num_classes)
         self.gated = _flag("gated", gated)
         c, h, w = self.data_shape
-        layers: list[nn.Module] = []
-        c_in = c + (self.num_classes or 0)
-        for i, c_out in enumerate(self.channels):
-            if i > 0:
-                layers.append(nn.ReLU())
-            layers.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1))
-            layers += [ResidualBlock(c_out, gated=self.gated) for _ in range(self.blocks)]
-            c_in = c_out
-        layers.append(nn.ReLU())
-        self.trunk = nn.Sequential(*layers)
+        self.trunk = residual_trunk(c + (self.num_classes or 0), self.channels, self.blocks, gated=self.gated)
         h_out, w_out = _halvings(h, len(self.channels))[-1], _halvings(w, len(self.channels))[-1]
         # F, the width of features(): channels[-1] · h · w of the last stage
-        self.out_features = c_in * h_out * w_out
+        self.out_features = self.channels[-1] * h_out * w_out
         self.head = nn.Sequential(
             nn.Linear(self.out_features, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 2 * self.latent_dim)
         )
