@@ -42,16 +42,16 @@ from .metrics.likelihood import native_bf16
 
 __all__ = ["AUTO", "COMPILE_MIN_STEPS", "GRAPH_MIN_STEPS", "Engine", "choose_engine"]
 
-#: The value of ``compile``, ``amp`` and ``cuda_graph`` that lets ``choose_engine`` decide.
 AUTO = "auto"
+"""The value of ``compile``, ``amp`` and ``cuda_graph`` that lets ``choose_engine`` decide."""
 
-#: Planned optimizer steps from which ``compile="auto"`` compiles: about where compiling a new
-#: model's step pays for itself on a 2-core CPU (the MLP VAE at batch 128).
 COMPILE_MIN_STEPS = 2000
+"""Planned optimizer steps from which ``compile="auto"`` compiles: above the break-even of compiling
+a new model's step on a 2-core CPU (the MLP VAE at batch 128; measured on the benchmarks page)."""
 
-#: Planned optimizer steps from which ``cuda_graph="auto"`` captures the step (three of them are
-#: eager warm-up steps before the capture).
 GRAPH_MIN_STEPS = 100
+"""Planned optimizer steps from which ``cuda_graph="auto"`` captures the step (three of them are
+eager warm-up steps before the capture)."""
 
 
 @dataclass(frozen=True)
