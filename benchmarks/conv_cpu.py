@@ -36,6 +36,10 @@ import torch
 import torch.nn.functional as F
 
 import genvae.engine
+
+sys.path.insert(0, str(Path(__file__).parent))
+from throughput import matmul_rate  # noqa: E402
+
 from genvae import VAE
 from genvae.data import load_mnist
 from genvae.likelihoods import Bernoulli
@@ -44,17 +48,6 @@ from genvae.priors import StandardNormal
 from genvae.train import fit
 
 SHAPE, LATENT, BATCH = (1, 28, 28), 20, 128
-
-
-def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
 
 
 def layer_calls() -> dict[str, tuple[Callable[[], None], float, bool]]:
@@ -133,8 +126,8 @@ def main() -> None:
     layer_times: dict[str, list[float]] = defaultdict(list)
     peaks: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.rounds):
-        peaks["float32"].append(matmul_rate(torch.float32))
-        peaks["bfloat16"].append(matmul_rate(torch.bfloat16))
+        peaks["float32"].append(matmul_rate(torch.device("cpu"), torch.float32, 2048))
+        peaks["bfloat16"].append(matmul_rate(torch.device("cpu"), torch.bfloat16, 2048))
         for name, (call, _, _) in calls.items():
             layer_times[name].append(time_call(call))
     peak = {k: statistics.median(v) for k, v in peaks.items()}
