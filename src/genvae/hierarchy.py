@@ -44,10 +44,13 @@ from .nets import (
     MLPDecoder,
     ResNetDecoder,
     _activation,
+    _flag,
     _gaussian,
     _halvings,
+    _image_shape,
     _mlp,
     _one_hot,
+    _with_label_planes,
     residual_trunk,
 )
 from .priors import StandardNormal, VampPrior
@@ -254,15 +257,11 @@ class ConvBlock(nn.Module):
         activation: type[nn.Module] = nn.Tanh,
     ) -> None:
         super().__init__()
-        self.data_shape = shape_tuple("data_shape", data_shape)
-        if len(self.data_shape) != 3:
-            raise ValueError(f"expected data_shape (C, H, W) for ConvBlock, got {self.data_shape}")
+        self.data_shape = _image_shape(data_shape, "ConvBlock")
         self.out_features = positive_int("out_features", out_features)
         self.channels = shape_tuple("channels", channels)
         self.blocks = blocks
-        if not isinstance(gated, bool):
-            raise TypeError(f"expected gated to be a bool, got {type(gated).__name__} {gated!r}")
-        self.gated = gated
+        self.gated = _flag("gated", gated)
         self.num_classes = optional_num_classes(num_classes)
         self.activation = _activation(activation)
         c, h, w = self.data_shape
@@ -272,11 +271,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """``x (B, C, H, W)``, ``y (B,)`` → ``(B, out_features)``."""
-        onehot = _one_hot(y, self.num_classes, x[:, 0, 0, :1])  # (B, K)
-        if onehot is not None:
-            planes = onehot[:, :, None, None].expand(-1, -1, *x.shape[-2:])  # (B, K, H, W)
-            x = torch.cat([x, planes], dim=1)  # (B, C + K, H, W)
-        return self.out(self.trunk(x).flatten(start_dim=1))
+        return self.out(self.trunk(_with_label_planes(x, y, self.num_classes)).flatten(start_dim=1))
 
 
 class GaussianHead(nn.Module):

@@ -53,6 +53,16 @@ def _one_hot(y: Tensor | None, num_classes: int | None, like: Tensor) -> Tensor 
     return onehot.expand(*like.shape[:-1], num_classes)
 
 
+def _with_label_planes(x: Tensor, y: Tensor | None, num_classes: int | None) -> Tensor:
+    """``x (B, C, H, W)`` with the one-hot label of ``y (B,)`` appended as K constant channels,
+    ``(B, C + K, H, W)``; ``x`` itself when unconditional."""
+    onehot = _one_hot(y, num_classes, x[:, 0, 0, :1])  # (B, K)
+    if onehot is None:
+        return x
+    planes = onehot[:, :, None, None].expand(-1, -1, *x.shape[-2:])  # (B, K, H, W)
+    return torch.cat([x, planes], dim=1)
+
+
 def _mlp(sizes: Sequence[int], activation: type[nn.Module]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -196,11 +206,7 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Distribution:
         """``x (B, C, H, W)``, ``y (B,)`` → q(z | x[, y]), batch ``(B,)``, event ``(D,)``."""
-        onehot = _one_hot(y, self.num_classes, x[:, 0, 0, :1])  # (B, K)
-        if onehot is not None:
-            planes = onehot[:, :, None, None].expand(-1, -1, *x.shape[-2:])  # (B, K, H, W)
-            x = torch.cat([x, planes], dim=1)
-        h = rearrange(self.convs(x), "b c h w -> b (c h w)")
+        h = rearrange(self.convs(_with_label_planes(x, y, self.num_classes)), "b c h w -> b (c h w)")
         return _gaussian(self.head(h))
 
 
@@ -416,11 +422,7 @@ class ResNetEncoder(nn.Module):
 
     def features(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The deterministic trunk: ``x (B, C, H, W)``, ``y (B,)`` → ``(B, out_features)``, after a ReLU."""
-        onehot = _one_hot(y, self.num_classes, x[:, 0, 0, :1])  # (B, K)
-        if onehot is not None:
-            planes = onehot[:, :, None, None].expand(-1, -1, *x.shape[-2:])  # (B, K, H, W)
-            x = torch.cat([x, planes], dim=1)  # (B, C + K, H, W)
-        return rearrange(self.trunk(x), "b c h w -> b (c h w)")
+        return rearrange(self.trunk(_with_label_planes(x, y, self.num_classes)), "b c h w -> b (c h w)")
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Distribution:
         """``x (B, C, H, W)``, ``y (B,)`` → q(z | x[, y]), batch ``(B,)``, event ``(D,)``."""
