@@ -173,7 +173,8 @@ def test_cvae_config_from_toml(tmp_path, monkeypatch):
         (["train", "--model", "hvae", "--objective", "dreg"], "expected --objective elbo, iwae or stl with"),
         (["train", "--posterior-flow", "planar", "--objective", "stl"], "expected --objective elbo or iwae with"),
         (["train", "--posterior-flow", "iaf", "--free-bits", "0.5"], "got --free-bits"),
-        (["train", "--model", "hvae", "--posterior-flow", "iaf"], "expected --posterior-flow none with --model hvae"),
+        (["train", "--model", "hvae", "--posterior-flow", "iaf", "--flow-length", "0"], "expected a positive int"),
+        (["train", "--model", "hvae", "--posterior-flow", "iaf", "--objective", "stl"], "expected --objective elbo or"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(argv, message, capsys):
@@ -324,8 +325,20 @@ def test_train_eval_sample_and_info_on_a_users_file(bars_npz, tmp_path, capsys, 
         ["--arch", "resnet", "--channels", "4,8", "--likelihood", "discretized-logistic"],
         ["--model", "hvae", "--arch", "conv", "--channels", "4,8", "--prior", "vamp"],
         ["--model", "hvae", "--arch", "resnet", "--channels", "4,8", "--inference", "bottom-up"],
+        ["--model", "hvae", "--posterior-flow", "iaf", "--objective", "iwae", "--k", "3"],
+        ["--model", "hvae", "--layers", "3", "--posterior-flow", "planar", "--flow-length", "1", "--prior", "vamp"],
     ],
-    ids=["hvae", "hvae-bottom-up-vamp", "iaf-vamp", "householder-cvae", "resnet", "conv-hvae-vamp", "resnet-hvae"],
+    ids=[
+        "hvae",
+        "hvae-bottom-up-vamp",
+        "iaf-vamp",
+        "householder-cvae",
+        "resnet",
+        "conv-hvae-vamp",
+        "resnet-hvae",
+        "hvae-iaf",
+        "hvae-planar-vamp",
+    ],  # fmt: skip
 )
 def test_deeper_models_train_evaluate_sample_and_load_from_the_command_line(flags, bars_npz, tmp_path, capsys):
     run = tmp_path / "run"
@@ -343,8 +356,12 @@ def test_deeper_models_train_evaluate_sample_and_load_from_the_command_line(flag
         assert model.num_layers == (cfg.layers or 2) and model.top_down == (cfg.inference == "top-down")
         first = {"mlp": "MLPBlock", "conv": "ConvBlock", "resnet": "ConvBlock"}[cfg.arch]
         assert type(model.encoder.up[0]).__name__ == first
-    if cfg.posterior_flow != "none":
+    if cfg.posterior_flow != "none" and cfg.model != "hvae":
         assert type(model.encoder).__name__ == "FlowEncoder" and len(model.encoder.flows) == cfg.flow_length
+    if cfg.posterior_flow != "none" and cfg.model == "hvae":  # a flow head per layer, but the top one under a VampPrior
+        flowing = [type(head).__name__ == "FlowHead" for head in model.encoder.heads]
+        assert flowing == [True] * (model.num_layers - 1) + [cfg.prior != "vamp"]
+        assert all(len(head.flows) == cfg.flow_length for head in model.encoder.heads if hasattr(head, "flows"))
     assert main(["info", str(run)]) == 0
 
 

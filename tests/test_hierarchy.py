@@ -5,6 +5,7 @@ and errors."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,6 +17,7 @@ from torch.distributions import kl_divergence as torch_kl
 
 import genvae
 from genvae import ELBO, IWAE, STL, VAE, DReG, FreeBits
+from genvae.flows import IAF, FlowDistribution, FlowHead, Householder, Planar
 from genvae.hierarchy import (
     ConvBlock,
     GaussianHead,
@@ -195,9 +197,13 @@ def test_a_one_layer_hierarchy_is_the_plain_vae_with_the_same_weights() -> None:
     torch.testing.assert_close(model.interpolate(x[0], x[1], 4), vae.interpolate(x[0], x[1], 4))
 
 
+FLOWS = {"gaussian": None, "iaf": lambda d: [IAF(d, hidden=(6,), context_features=2 * d)]}
+
+
+@pytest.mark.parametrize("posterior", FLOWS)
 @pytest.mark.parametrize("route", ROUTES)
-def test_the_importance_weighted_bound_is_above_the_elbo_and_tightens_with_k(route: str) -> None:
-    model, x = small(ROUTES[route], seed=2), binary(64, seed=5)
+def test_the_importance_weighted_bound_is_above_the_elbo_and_tightens_with_k(route: str, posterior: str) -> None:
+    model, x = small(ROUTES[route], seed=2, flow=FLOWS[posterior]), binary(64, seed=5)
     bounds = {}
     with torch.no_grad():
         for p in model.parameters():
@@ -211,6 +217,61 @@ def test_the_importance_weighted_bound_is_above_the_elbo_and_tightens_with_k(rou
     # 2-4, both routes); the margins are a fraction of them.
     assert bounds[1] + 1.0 < bounds[10] < bounds[100] - 0.2, bounds
     assert elbo < bounds[100] - 1.0
+
+
+def block_log_dets(f: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
+    """log |det ∂f(z)_n / ∂z_n| for each point of ``z (*batch, D)``, from autograd's full Jacobian."""
+    d, batch = z.shape[-1], z.shape[:-1]
+    n = batch.numel()
+    jac = torch.autograd.functional.jacobian(f, z).reshape(n, d, n, d)  # (N, D, N, D), block-diagonal
+    return torch.linalg.slogdet(jac.diagonal(dim1=0, dim2=2).permute(2, 0, 1))[1].reshape(batch)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_flow_heads_give_each_layer_its_change_of_variables_density_and_a_kl_on_the_draws(route: str) -> None:
+    flow = lambda d: [IAF(d, hidden=(6,), context_features=2 * d), Planar(d, context_features=2 * d)]  # noqa: E731
+    model, x = small(ROUTES[route], seed=4, flow=flow), binary(5)
+    terms = model.terms(x, k=3)
+    assert all(isinstance(head, FlowHead) for head in model.encoder.heads)
+    for layer in terms.layers:  # no closed form: the KL is log q − log p at the draws
+        assert isinstance(layer.posterior, FlowDistribution)
+        torch.testing.assert_close(layer.kl(), layer.posterior.log_prob(layer.z) - layer.prior.log_prob(layer.z))
+    for i, layer in enumerate(terms.layers):  # q's density against the change of variables, in float64
+        q = layer.posterior
+        torch.manual_seed(10 + i)
+        z = q.rsample()  # (*batch, D)
+        torch.manual_seed(10 + i)
+        z0 = q.base_dist.rsample()  # the same base draw, replayed
+
+        def f(points: Tensor, q=q) -> Tensor:
+            for t in q.transforms:
+                points = t._call(points)
+            return points
+
+        torch.testing.assert_close(f(z0), z)
+        expected = q.base_dist.log_prob(z0) - block_log_dets(f, z0)
+        torch.testing.assert_close(q.log_prob(z), expected)
+
+
+def test_a_flow_head_refuses_what_it_cannot_push() -> None:
+    with pytest.raises(ValueError, match="expected flows to hold at least one flow step, got an empty sequence"):
+        small(flow=lambda d: [])
+    with pytest.raises(ValueError, match=r"latent_dim to be the head's latent_dim=4, got flows\[0\].latent_dim=5"):
+        small(flow=lambda d: [Planar(5)])
+    with pytest.raises(ValueError, match=r"flows\[0\].context_features to be 2 \* latent_dim = 8"):
+        small(flow=lambda d: [Householder(d, context_features=3)])
+    with pytest.raises(TypeError, match="expected flow to be a function latent_dim -> flow steps, got int"):
+        small(flow=2)
+
+    class BernoulliHead(nn.Module):
+        latent_dim = 4
+
+        def forward(self, h: Tensor) -> Independent:
+            return Independent(torch.distributions.Bernoulli(logits=h), 1)
+
+    bernoulli_head = FlowHead(BernoulliHead(), [Planar(4)])
+    with pytest.raises(ValueError, match=r"expected a Gaussian base posterior Independent\(Normal\(…\), 1\)"):
+        bernoulli_head(torch.zeros(2, 4))
 
 
 # --------------------------------------------------------------------------- training and generation
@@ -360,8 +421,10 @@ def test_objectives_read_the_layers_and_dreg_refuses_more_than_one(route: str) -
         {"top_down": False},
         {"top_down": True, "num_pseudo_inputs": 4},
         {"top_down": True, "num_classes": 3},
+        {"top_down": True, "flow": lambda d: [IAF(d, hidden=(5,), context_features=2 * d), Householder(d)]},
+        {"top_down": False, "num_pseudo_inputs": 4, "flow": lambda d: [Planar(d, context_features=2 * d)]},
     ],
-    ids=["top-down", "bottom-up", "vampprior", "conditional"],
+    ids=["top-down", "bottom-up", "vampprior", "conditional", "iaf", "bottom-up-planar-vampprior"],
 )
 def test_save_and_load_give_back_the_same_terms(variant: dict, tmp_path) -> None:
     torch.manual_seed(0)
@@ -371,6 +434,8 @@ def test_save_and_load_give_back_the_same_terms(variant: dict, tmp_path) -> None
     assert isinstance(loaded, HierarchicalVAE) and loaded.top_down == variant["top_down"]
     if "num_pseudo_inputs" in variant:
         assert loaded.prior.encoder is loaded.encoder  # still shared, not copied
+    if "flow" in variant:
+        assert [type(h) for h in loaded.encoder.heads] == [type(h) for h in model.encoder.heads]
     x = torch.rand(5, 1, 3, 3).bernoulli()
     y = torch.tensor([0, 1, 2, 1, 0]) if "num_classes" in variant else None
     model.eval()

@@ -303,7 +303,10 @@ def _train(args: argparse.Namespace) -> None:
 def _shape_note(cfg: RunConfig) -> str:
     """What the hierarchy and flow options add to a model's one-line summary."""
     note = f" × {cfg.layers or 2} layers, {cfg.inference}" if cfg.model == "hvae" else ""
-    return note + (f", {cfg.flow_length} {cfg.posterior_flow} flow steps" if cfg.posterior_flow != "none" else "")
+    if cfg.posterior_flow == "none":
+        return note
+    where = "" if cfg.model != "hvae" else " on each layer below the top" if cfg.prior == "vamp" else " on each layer"
+    return note + f", {cfg.flow_length} {cfg.posterior_flow} flow steps{where}"
 
 
 def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, Any], run: Path) -> None:

@@ -7,6 +7,7 @@ parts; the library itself takes the parts as objects.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -180,14 +181,8 @@ class RunConfig:
                 raise ValueError(f"expected --model hvae with --layers {self.layers}, got --model {self.model}")
             if self.inference != "top-down":
                 raise ValueError(f"expected --model hvae with --inference {self.inference}, got --model {self.model}")
-        else:
-            if self.posterior_flow != "none":
-                raise ValueError(
-                    f"expected --posterior-flow none with --model hvae (flows wrap a one-layer encoder), got "
-                    f"--posterior-flow {self.posterior_flow}"
-                )
-            if self.objective == "dreg" and (self.layers or 2) > 1:
-                raise ValueError("expected --objective elbo, iwae or stl with --model hvae, got dreg (one layer only)")
+        elif self.objective == "dreg" and (self.layers or 2) > 1:
+            raise ValueError("expected --objective elbo, iwae or stl with --model hvae, got dreg (one layer only)")
         if self.posterior_flow != "none" and (self.objective in ("dreg", "stl") or self.free_bits is not None):
             what = "--free-bits" if self.free_bits is not None else f"--objective {self.objective}"
             raise ValueError(
@@ -263,15 +258,17 @@ def _top_prior(cfg: RunConfig, encoder: Any, data_shape: tuple[int, ...], num_cl
     return priors.ConditionalNormal(num_classes, cfg.latent_dim)
 
 
-def _flow(cfg: RunConfig, encoder: Any) -> Any:
-    """``encoder`` followed by ``cfg.flow_length`` flow steps amortised on the base posterior's (μ, log σ)."""
-    d = cfg.latent_dim
+def _flow_steps(cfg: RunConfig) -> Callable[[int], list[Any]] | None:
+    """A function of a latent size D that returns ``cfg.flow_length`` flow steps amortised on the
+    base posterior's (μ, log σ); None without ``--posterior-flow``."""
+    if cfg.posterior_flow == "none":
+        return None
     make = {
-        "iaf": lambda: flows.IAF(d, hidden=(max(2 * d, 64),), context_features=2 * d),
-        "planar": lambda: flows.Planar(d, context_features=2 * d),
-        "householder": lambda: flows.Householder(d, context_features=2 * d),
+        "iaf": lambda d: flows.IAF(d, hidden=(max(2 * d, 64),), context_features=2 * d),
+        "planar": lambda d: flows.Planar(d, context_features=2 * d),
+        "householder": lambda d: flows.Householder(d, context_features=2 * d),
     }[cfg.posterior_flow]
-    return flows.FlowEncoder(encoder, [make() for _ in range(cfg.flow_length)])
+    return lambda d: [make(d) for _ in range(cfg.flow_length)]
 
 
 def _check_images(cfg: RunConfig, data_shape: tuple[int, ...]) -> None:
@@ -295,6 +292,7 @@ def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int) -
             "prior": top,
             "num_pseudo_inputs": cfg.pseudo_inputs if cfg.prior == "vamp" else None,
             "activation": nn.ReLU,
+            "flow": _flow_steps(cfg),
         }
         dims = (cfg.latent_dim,) * (cfg.layers or 2)
         if cfg.arch == "mlp":
@@ -319,6 +317,7 @@ def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int) -
             cfg.latent_dim, out_shape, channels=tuple(reversed(cfg.channels)), hidden=hidden, num_classes=k
         )
     prior = _top_prior(cfg, encoder, data_shape, num_classes)  # a VampPrior shares the Gaussian encoder
-    if cfg.posterior_flow != "none":
-        encoder = _flow(cfg, encoder)
+    steps = _flow_steps(cfg)
+    if steps is not None:
+        encoder = flows.FlowEncoder(encoder, steps(cfg.latent_dim))
     return (CVAE if cfg.model == "cvae" else VAE)(encoder, decoder, likelihood, prior)

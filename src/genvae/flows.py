@@ -45,7 +45,7 @@ from torch.distributions.transforms import ComposeTransform, Transform
 from ._checks import positive_int, shape_tuple
 from .protocols import Encoder
 
-__all__ = ["FlowDistribution", "FlowEncoder", "FlowStep", "Householder", "IAF", "Planar"]
+__all__ = ["FlowDistribution", "FlowEncoder", "FlowHead", "FlowStep", "Householder", "IAF", "Planar"]
 
 
 @runtime_checkable
@@ -373,14 +373,18 @@ class FlowDistribution(TransformedDistribution):
         return z
 
 
-def _gaussian_base(q: object) -> Independent:
-    """``q`` if it is ``Independent(Normal, 1)``, else a ValueError naming what came."""
+def _gaussian_base(q: object, latent_dim: int, owner: str) -> Independent:
+    """``q`` if it is ``Independent(Normal, 1)`` over ``(latent_dim,)``, else a ValueError naming what came."""
     if not (isinstance(q, Independent) and q.reinterpreted_batch_ndims == 1 and isinstance(q.base_dist, Normal)):
         if isinstance(q, Independent):
             got = f"Independent({type(q.base_dist).__name__}, {q.reinterpreted_batch_ndims})"
         else:
             got = type(q).__name__
         raise ValueError(f"expected a Gaussian base posterior Independent(Normal(…), 1) for a flow, got {got}")
+    if tuple(q.event_shape) != (latent_dim,):
+        raise ValueError(
+            f"expected the {owner} posterior over ({latent_dim},) (latent_dim), got event shape {tuple(q.event_shape)}"
+        )
     return q
 
 
@@ -411,33 +415,11 @@ class FlowEncoder(nn.Module):
         super().__init__()
         if not callable(encoder):
             raise TypeError(f"expected encoder to be callable (an Encoder), got {type(encoder).__name__}")
-        if isinstance(flows, nn.Module) or not isinstance(flows, Sequence):
-            raise TypeError(f"expected flows to be a tuple or list of flow steps, got {type(flows).__name__}")
-        if len(flows) == 0:
-            raise ValueError("expected flows to hold at least one flow step, got an empty sequence")
-        dims = [getattr(step, "latent_dim", None) for step in flows]
-        for i, (step, dim) in enumerate(zip(flows, dims)):
-            if not isinstance(step, nn.Module) or dim is None:
-                raise TypeError(
-                    f"expected flows[{i}] to be a flow step (an nn.Module with latent_dim), got {type(step).__name__}"
-                )
         if context is not None and not callable(context):
             raise TypeError(f"expected context to be callable (an nn.Module) or None, got {type(context).__name__}")
         declared = getattr(encoder, "latent_dim", None)
-        self.latent_dim = positive_int("latent_dim", declared if declared is not None else dims[0])
-        for i, (step, dim) in enumerate(zip(flows, dims)):
-            if dim != self.latent_dim:
-                source = "encoder's latent_dim" if declared is not None else "flows[0].latent_dim"
-                raise ValueError(
-                    f"expected every flow step's latent_dim to be the {source}={self.latent_dim}, "
-                    f"got flows[{i}].latent_dim={dim}"
-                )
-            features = getattr(step, "context_features", None)
-            if context is None and features is not None and features != 2 * self.latent_dim:
-                raise ValueError(
-                    f"expected flows[{i}].context_features to be 2 * latent_dim = {2 * self.latent_dim} (the "
-                    f"default context [μ, log σ]) or None, got {features}; or pass a context module"
-                )
+        hint = "; or pass a context module" if context is None else None
+        self.latent_dim = _check_steps(flows, declared, "encoder's latent_dim", moments_hint=hint)
         self.encoder = encoder
         self.steps = nn.ModuleList(flows)
         self.context = context
@@ -451,24 +433,99 @@ class FlowEncoder(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> FlowDistribution:
         """``x (B, *data_shape)``, ``y (B,)`` → q(z | x[, y]), batch ``(B,)``, event ``(D,)``."""
-        base = _gaussian_base(self.encoder(x, y))
-        if tuple(base.event_shape) != (self.latent_dim,):
-            raise ValueError(
-                f"expected the encoder's posterior over ({self.latent_dim},) (latent_dim), "
-                f"got event shape {tuple(base.event_shape)}"
+        base = _gaussian_base(self.encoder(x, y), self.latent_dim, "encoder's")
+        h = _moments(base) if self.context is None else self.context(x) if y is None else self.context(x, y)  # (B, H)
+        return _through(base, h, self.steps)
+
+
+def _moments(base: Independent) -> Tensor:
+    """``(*batch, 2D)``: the base posterior's [μ, log σ], the default context of the steps."""
+    normal = base.base_dist
+    return torch.cat([normal.loc, normal.scale.log()], dim=-1)
+
+
+def _through(base: Independent, h: Tensor, steps: Sequence[nn.Module]) -> FlowDistribution:
+    """``base`` pushed through each step's transform for the context ``h (*batch, H)``."""
+    transforms = []
+    for i, step in enumerate(steps):
+        features = getattr(step, "context_features", None)
+        if features is not None and (h.dim() != len(base.batch_shape) + 1 or h.shape[-1] != features):
+            shape = ", ".join(("B",) * len(base.batch_shape) + (str(features),))
+            raise ValueError(f"expected a context of shape ({shape}) for flows[{i}], got {tuple(h.shape)}")
+        transform = step(h)
+        if not isinstance(transform, Transform):
+            raise TypeError(f"expected flows[{i}] to return a Transform, got {type(transform).__name__}")
+        transforms.append(transform)
+    return FlowDistribution(base, transforms)
+
+
+def _check_steps(flows: object, latent_dim: int | None, source: str, *, moments_hint: str | None) -> int:
+    """Flow steps as given to a flow part: a non-empty sequence of modules over one latent size
+    (``latent_dim``, else the first step's); returns that size. Unless ``moments_hint`` is None (the
+    part has a context of its own), each step's ``context_features`` must fit [μ, log σ]."""
+    if isinstance(flows, nn.Module) or not isinstance(flows, Sequence):
+        raise TypeError(f"expected flows to be a tuple or list of flow steps, got {type(flows).__name__}")
+    if len(flows) == 0:
+        raise ValueError("expected flows to hold at least one flow step, got an empty sequence")
+    dims = [getattr(step, "latent_dim", None) for step in flows]
+    for i, (step, dim) in enumerate(zip(flows, dims)):
+        if not isinstance(step, nn.Module) or dim is None:
+            raise TypeError(
+                f"expected flows[{i}] to be a flow step (an nn.Module with latent_dim), got {type(step).__name__}"
             )
-        if self.context is None:
-            normal = base.base_dist
-            h = torch.cat([normal.loc, normal.scale.log()], dim=-1)  # (B, 2D)
-        else:
-            h = self.context(x) if y is None else self.context(x, y)  # (B, H)
-        transforms = []
-        for i, step in enumerate(self.steps):
-            features = getattr(step, "context_features", None)
-            if features is not None and (h.dim() != 2 or h.shape[-1] != features):
-                raise ValueError(f"expected a context of shape (B, {features}) for flows[{i}], got {tuple(h.shape)}")
-            transform = step(h)
-            if not isinstance(transform, Transform):
-                raise TypeError(f"expected flows[{i}] to return a Transform, got {type(transform).__name__}")
-            transforms.append(transform)
-        return FlowDistribution(base, transforms)
+    d = positive_int("latent_dim", latent_dim if latent_dim is not None else dims[0])
+    for i, dim in enumerate(dims):
+        if dim != d:
+            where = source if latent_dim is not None else "flows[0].latent_dim"
+            raise ValueError(
+                f"expected every flow step's latent_dim to be the {where}={d}, got flows[{i}].latent_dim={dim}"
+            )
+        features = getattr(flows[i], "context_features", None)
+        if moments_hint is not None and features is not None and features != 2 * d:
+            raise ValueError(
+                f"expected flows[{i}].context_features to be 2 * latent_dim = {2 * d} (the default context "
+                f"[μ, log σ]) or None, got {features}{moments_hint}"
+            )
+    return d
+
+
+class FlowHead(nn.Module):
+    """A posterior head made a flow: features → a Gaussian head's posterior pushed through flow steps.
+
+    The head of one layer of a hierarchy ([`genvae.hierarchy`][genvae.hierarchy]), as
+    [`FlowEncoder`][genvae.flows.FlowEncoder] is the encoder of a one-layer model:
+    ``FlowHead(GaussianHead(F, D), [IAF(D, context_features=2 * D)])`` maps features
+    ``(*S, B, F)`` to a [`FlowDistribution`][genvae.flows.FlowDistribution] with batch
+    ``(*S, B)`` and event ``(D,)``. The steps' context is the base's [μ, log σ] (H = 2D), so each
+    step depends on whatever the head sees: x and, top-down, the layers above.
+    [`mlp_hierarchy`][genvae.hierarchy.mlp_hierarchy] and
+    [`conv_hierarchy`][genvae.hierarchy.conv_hierarchy] build these heads with ``flow=``.
+
+    Args:
+        head: features ``(*S, B, F)`` → ``Independent(Normal(μ, σ), 1)``, event ``(D,)``.
+        flows: the steps, applied in order; at least one, each with ``context_features`` 2D or
+            ``None``.
+
+    Attributes:
+        in_features: F, the head's, where it declares it.
+        latent_dim: D, the head's (or the steps').
+    """
+
+    def __init__(self, head: nn.Module, flows: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not callable(head):
+            raise TypeError(f"expected head to be callable (an nn.Module), got {type(head).__name__}")
+        self.latent_dim = _check_steps(flows, getattr(head, "latent_dim", None), "head's latent_dim", moments_hint="")
+        self.head = head
+        self.steps = nn.ModuleList(flows)
+        self.in_features = getattr(head, "in_features", None)
+
+    @property
+    def flows(self) -> tuple[nn.Module, ...]:
+        """The steps, as given (held in the ``nn.ModuleList`` ``steps``)."""
+        return tuple(self.steps)
+
+    def forward(self, h: Tensor) -> FlowDistribution:
+        """``h (*S, B, F)`` → q(z | ·), batch ``(*S, B)``, event ``(D,)``."""
+        base = _gaussian_base(self.head(h), self.latent_dim, "head's")
+        return _through(base, _moments(base), self.steps)

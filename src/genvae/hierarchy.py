@@ -23,7 +23,9 @@ https://arxiv.org/abs/1509.00519) draws from the bottom:
     q(z_1 | x) = heads[1](up[1](x[, y])),  q(z_l | z_{l−1}) = heads[l](up[l](z_{l−1}))
 
 ``model.terms`` returns the layers top first, which every objective
-([`genvae.objectives`][genvae.objectives]) reads unchanged.
+([`genvae.objectives`][genvae.objectives]) reads unchanged. A head may return any distribution
+over its layer: with ``flow=`` the builders make each one a [`FlowHead`][genvae.flows.FlowHead],
+a Gaussian pushed through flow steps, and that layer's KL is then estimated on the draws.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, constraints
 
 from ._checks import check_labels, optional_num_classes, positive_int, shape_tuple
+from .flows import FlowHead
 from .models import ELBOOutput, _fit_likelihood, _LatentVariableModel, _sample_with
 from .nets import (
     ConvDecoder,
@@ -665,6 +668,7 @@ def mlp_hierarchy(
     prior: Prior | None = None,
     num_pseudo_inputs: int | None = None,
     activation: type[nn.Module] = nn.Tanh,
+    flow: Callable[[int], Sequence[nn.Module]] | None = None,
 ) -> HierarchicalVAE:
     """A hierarchical VAE of MLPs, every layer Gaussian.
 
@@ -697,6 +701,11 @@ def mlp_hierarchy(
         num_pseudo_inputs: a [`VampPrior`][genvae.priors.VampPrior] at the top with this many
             pseudo-inputs, sharing the model's encoder (instead of ``prior``).
         activation: nonlinearity class of every hidden layer.
+        flow: flow posteriors: a function of a layer's latent size D that returns that layer's
+            flow steps, such as ``lambda d: [IAF(d, context_features=2 * d)]``; each posterior head
+            becomes a [`FlowHead`][genvae.flows.FlowHead], except the top one under a VampPrior,
+            whose mixture is over the top posteriors and needs them Gaussian. ``None``: Gaussian
+            posteriors.
 
     Raises:
         ValueError: no latent layers, ``hidden`` with another number of layers, both ``prior``
@@ -710,7 +719,9 @@ def mlp_hierarchy(
     decoder = partial(
         MLPDecoder, dims[0], out_shape, hidden=widths[0][::-1], num_classes=num_classes, activation=activation
     )
-    return _assemble(shape, dims, widths, first, decoder, likelihood, top_down, prior, num_pseudo_inputs, activation)
+    return _assemble(
+        shape, dims, widths, first, decoder, likelihood, top_down, prior, num_pseudo_inputs, activation, flow
+    )
 
 
 def conv_hierarchy(
@@ -727,6 +738,7 @@ def conv_hierarchy(
     prior: Prior | None = None,
     num_pseudo_inputs: int | None = None,
     activation: type[nn.Module] = nn.Tanh,
+    flow: Callable[[int], Sequence[nn.Module]] | None = None,
 ) -> HierarchicalVAE:
     """A hierarchical VAE whose data-facing block and decoder are convolutional, every layer Gaussian.
 
@@ -754,6 +766,7 @@ def conv_hierarchy(
         prior: the top prior; by default N(0, I).
         num_pseudo_inputs: a VampPrior at the top with this many pseudo-inputs, sharing the encoder.
         activation: nonlinearity class of the MLP layers and of the first block's output.
+        flow: flow posteriors, as in ``mlp_hierarchy``.
 
     Raises:
         ValueError: no latent layers, data that are not images, more than one width for the first
@@ -781,7 +794,9 @@ def conv_hierarchy(
             dims[0], out_shape, channels=reversed_channels, blocks=blocks, hidden=widths[0][0], num_classes=num_classes,
             gated=gated,
         )  # fmt: skip
-    return _assemble(shape, dims, widths, first, decoder, likelihood, top_down, prior, num_pseudo_inputs, activation)
+    return _assemble(
+        shape, dims, widths, first, decoder, likelihood, top_down, prior, num_pseudo_inputs, activation, flow
+    )
 
 
 def _shape_and_dims(data_shape: object, latent_dims: object) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -814,6 +829,7 @@ def _assemble(
     prior: Prior | None,
     num_pseudo_inputs: int | None,
     activation: type[nn.Module],
+    flow: Callable[[int], Sequence[nn.Module]] | None,
 ) -> HierarchicalVAE:
     """The MLP layers above the data-facing block ``first``: blocks up and down, posterior heads,
     conditional priors and the top prior, around the decoder ``decoder()`` builds (after the
@@ -833,6 +849,11 @@ def _assemble(
             heads.append(GaussianHead(merged, dims[i], hidden=(widths[i][-1],), activation=activation))
         else:
             heads.append(GaussianHead(widths[i][-1], dims[i], activation=activation))
+    if flow is not None:
+        if not callable(flow):
+            raise TypeError(f"expected flow to be a function latent_dim -> flow steps, got {type(flow).__name__}")
+        flat = range(top) if num_pseudo_inputs is not None else range(top + 1)  # a VampPrior mixes q(z_L | u)
+        heads = [FlowHead(head, flow(dims[i])) if i in flat else head for i, head in enumerate(heads)]
     conditionals = [GaussianHead(widths[i + 1][0], dims[i], activation=activation) for i in range(top)]
     encoder = LadderEncoder(up, heads, top_down=top_down)
     net = decoder()
