@@ -23,10 +23,12 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import ExponentialLR
 
 import genvae
 import genvae.runfolder
@@ -54,6 +56,7 @@ class Row:
     source: str
     batch_size: int = 100
     lr: float = 1e-3
+    lr_decay: float | None = None  # the learning rate's factor per epoch (ExponentialLR), if any
 
 
 def burda_vae() -> nn.Module:
@@ -116,6 +119,7 @@ ROWS: dict[str, Row] = {
         lambda s: ELBO(LinearWarmup(1.0, steps=20 * s)),
         81.24,
         "Tomczak & Welling 2018",
+        lr_decay=0.993,
     ),
     "conv-hvae-vamp": Row(
         "convolutional HVAE (L = 2) + VampPrior",
@@ -220,6 +224,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "batch_size": row.batch_size,
         "lr": row.lr,
+        "lr_decay_per_epoch": row.lr_decay,
         "budget_minutes": args.minutes,
         "compile": args.compile,
         "curve": [],
@@ -246,6 +251,7 @@ def main() -> None:
         history = fit(
             model, train, test=test, epochs=epochs + n, objective=objective, batch_size=row.batch_size, lr=row.lr,
             device=device, seed=args.seed, out=run, resume=epochs > 0, progress=False, compile=args.compile,
+            scheduler=None if row.lr_decay is None else partial(ExponentialLR, gamma=row.lr_decay),
             amp=False,  # float32 throughout; the engine must not change between the resumed slices
         ).history  # fmt: skip
         trained += time.perf_counter() - started
