@@ -222,3 +222,51 @@ def test_conditional_normal_log_prob_by_hand() -> None:
     z = torch.randn(4, D, dtype=torch.float64)
     expected = diag_normal_log_prob(z, prior.loc.detach()[y], prior.log_scale.detach()[y].exp())
     torch.testing.assert_close(prior(y).log_prob(z), expected)
+
+
+@SEEDS
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    k=st.integers(1, 40),
+    d=st.integers(1, 12),
+    log_scale_range=st.sampled_from([(-0.5, 0.5), (-5.0, 0.0), (-1.0, 4.0)]),
+)
+def test_mixture_log_prob_by_matrix_products_matches_torchs_broadcast(seed, k, d, log_scale_range) -> None:
+    """The mixtures that MixtureOfGaussians and VampPrior return give torch's MixtureSameFamily
+    log-density and gradients (float64 reference), in float32 and under bf16 autocast too."""
+    g = torch.Generator().manual_seed(seed)
+    low, high = log_scale_range
+    loc = (3 * torch.randn(k, d, generator=g, dtype=torch.float64)).requires_grad_()
+    log_scale = (low + (high - low) * torch.rand(k, d, generator=g, dtype=torch.float64)).requires_grad_()
+    logits = torch.randn(k, generator=g, dtype=torch.float64).requires_grad_()
+    z = (4 * torch.randn(3, 5, d, generator=g, dtype=torch.float64)).requires_grad_()
+    prior = MixtureOfGaussians(d, k).double()
+    with torch.no_grad():
+        prior.locs.copy_(loc), prior.log_scales.copy_(log_scale), prior.logits.copy_(logits)
+    reference = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits),
+        torch.distributions.Independent(torch.distributions.Normal(loc, log_scale.exp()), 1),
+    ).log_prob(z)  # (3, 5)
+    fast = prior().log_prob(z)
+    torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-9)
+    wanted = torch.autograd.grad(reference.sum(), (loc, log_scale, logits, z))
+    got = torch.autograd.grad(fast.sum(), (*prior.parameters(), z))
+    by_name = dict(zip(("logits", "locs", "log_scales"), got[:3]))
+    for name, want in zip(("locs", "log_scales", "logits"), wanted[:3]):
+        torch.testing.assert_close(by_name[name], want, rtol=1e-7, atol=1e-8)
+    torch.testing.assert_close(got[3], wanted[3], rtol=1e-7, atol=1e-8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # no bf16 products inside: float32 accuracy
+        single = prior.float()().log_prob(z.detach().float())
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), reference.detach(), rtol=1e-5, atol=1e-4)
+
+
+def test_a_vampprior_over_a_gaussian_encoder_is_the_fast_mixture_and_matches_torchs() -> None:
+    torch.manual_seed(0)
+    encoder = MLPEncoder((1, 4, 4), 3, hidden=(8,)).double()
+    prior = VampPrior(encoder, 7, (1, 4, 4)).double()
+    p = prior()
+    assert type(p).__name__ == "_DiagonalGaussianMixture"
+    z = torch.randn(6, 2, 3, dtype=torch.float64)
+    reference = torch.distributions.MixtureSameFamily(p.mixture_distribution, p.component_distribution)
+    torch.testing.assert_close(p.log_prob(z), reference.log_prob(z), rtol=1e-10, atol=1e-10)

@@ -73,8 +73,11 @@ def _mlp(sizes: Sequence[int], activation: type[nn.Module]) -> nn.Sequential:
 
 
 def _gaussian(stats: Tensor) -> Distribution:
-    """``(B, 2D)`` → Independent(Normal(μ, exp(½ logvar)), 1) with batch ``(B,)``, event ``(D,)``."""
-    loc, logvar = stats.chunk(2, dim=-1)
+    """``(B, 2D)`` → Independent(Normal(μ, exp(½ logvar)), 1) with batch ``(B,)``, event ``(D,)``.
+
+    The parameters are float32 at least: under bf16 autocast the head's matrix product is bf16,
+    and densities computed in it would keep three significant digits."""
+    loc, logvar = stats.to(torch.promote_types(stats.dtype, torch.float32)).chunk(2, dim=-1)
     return Independent(Normal(loc, (0.5 * logvar).exp(), validate_args=False), 1, validate_args=False)
 
 

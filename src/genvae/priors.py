@@ -7,6 +7,8 @@ object with event shape ``(D,)``. Unconditional priors accept ``y`` and ignore i
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
@@ -16,6 +18,41 @@ from .kl import StandardNormalDistribution
 from .protocols import Encoder
 
 __all__ = ["ConditionalNormal", "LearnedNormal", "MixtureOfGaussians", "StandardNormal", "VampPrior"]
+
+
+class _DiagonalGaussianMixture(MixtureSameFamily):
+    """Σ_k π_k N(μ_k, diag σ_k²) whose ``log_prob`` is two matrix products instead of a broadcast.
+
+    torch's ``MixtureSameFamily.log_prob`` evaluates every component at every point through a
+    ``(*S, K, D)`` intermediate. Expanding the squares, Σ_d (z_d − μ_kd)² / σ_kd² is
+    [z², z] · [1/σ_k², −2 μ_k/σ_k²] + Σ_d μ_kd²/σ_kd², one ``(*S, 2D) @ (2D, K)`` product, which
+    is an order of magnitude faster for the hundreds of components of a VampPrior. The expansion
+    cancels large terms when σ is small, so it runs in float64 (float32 where the device has no
+    float64) and outside autocast; the result is float32, or the value's dtype if wider.
+    """
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        normal = self.component_distribution.base_dist  # type: ignore[attr-defined]
+        dtype = torch.float32 if value.device.type == "mps" else torch.float64
+        with torch.autocast(value.device.type, enabled=False):
+            loc, scale, z = normal.loc.to(dtype), normal.scale.to(dtype), value.to(dtype)  # (K, D), (K, D), (*S, D)
+            precision = scale.pow(-2)
+            weights = torch.cat([precision, -2 * loc * precision], dim=-1)  # (K, 2D)
+            squares = torch.cat([z * z, z], dim=-1) @ weights.mT + (loc.square() * precision).sum(-1)  # (*S, K)
+            log_norm = scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)  # (K,)
+            log_mix = torch.log_softmax(self.mixture_distribution.logits.to(dtype), dim=-1)  # (K,)
+            log_p = torch.logsumexp(log_mix - log_norm - 0.5 * squares, dim=-1)  # (*S,)
+        return log_p.to(torch.promote_types(value.dtype, torch.float32))
+
+
+def _is_diagonal_gaussian(q: Distribution) -> bool:
+    return isinstance(q, Independent) and q.reinterpreted_batch_ndims == 1 and type(q.base_dist) is Normal
+
+
+def _gaussian_mixture(logits: Tensor, components: Independent) -> MixtureSameFamily:
+    """The mixture of the diagonal Gaussians ``components`` (batch ``(K,)``) with weights softmax(logits)."""
+    weights = Categorical(logits=logits, validate_args=False)
+    return _DiagonalGaussianMixture(weights, components, validate_args=False)
 
 
 class StandardNormal(nn.Module):
@@ -62,7 +99,7 @@ class MixtureOfGaussians(nn.Module):
     def forward(self, y: Tensor | None = None) -> Distribution:
         """→ mixture, batch ``()``, event ``(D,)``; ``y`` is ignored."""
         components = Independent(Normal(self.locs, self.log_scales.exp(), validate_args=False), 1)
-        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), components, validate_args=False)
+        return _gaussian_mixture(self.logits, components)
 
 
 class VampPrior(nn.Module):
@@ -95,9 +132,10 @@ class VampPrior(nn.Module):
     def forward(self, y: Tensor | None = None) -> Distribution:
         """→ mixture of K posteriors, batch ``()``, event ``(D,)``; ``y`` is ignored."""
         q = self.encoder(self.pseudo_inputs())  # batch (K,), event (D,)
-        raw = self.raw_pseudo_inputs
-        weights = Categorical(logits=raw.new_zeros(self.num_pseudo_inputs), validate_args=False)
-        return MixtureSameFamily(weights, q, validate_args=False)
+        logits = self.raw_pseudo_inputs.new_zeros(self.num_pseudo_inputs)
+        if _is_diagonal_gaussian(q) and q.batch_shape == logits.shape:
+            return _gaussian_mixture(logits, q)
+        return MixtureSameFamily(Categorical(logits=logits, validate_args=False), q, validate_args=False)
 
 
 class ConditionalNormal(nn.Module):
