@@ -137,28 +137,59 @@ def nll_summary(model: nn.Module, data, k: int, *, batch_size: int) -> tuple[flo
     return summary.nll, summary.stderr, summary.num_examples
 
 
+def _row(r: dict) -> str:
+    """One line of the table for the record ``r``."""
+    final = r.get("final")
+    published = f"{r['published_nll']:.2f}" if r["published_nll"] is not None else "—"
+    if final is None:
+        measured = estimator = missed = elbo = "not evaluated"
+    else:
+        measured = f"{final['nll']:.2f} ± {final['stderr']:.2f}"
+        images = "full test set" if final["test_images"] == 10_000 else f"first {final['test_images']:,} test images"
+        bf16 = ", bf16 products" if final.get("bf16_products") else ""
+        estimator = f"{final['estimator']}, {images}{bf16}"
+        gap = final["nll"] - r["published_nll"] if r["published_nll"] is not None else None
+        missed = "—" if gap is None else f"{gap:.2f} nats" if gap > 1.0 else f"reached ({gap:+.2f})"
+        elbo = f"{final['test_neg_elbo']:.2f}"
+    return (
+        f"| {r['model']} ({r['objective']}) | {published} | {r['source']} | {measured} | {estimator} | {missed} | "
+        f"{elbo} | {r['epochs']} | {r['device']} | {r['train_seconds'] / 60:.0f} min | {r['parameters']:,} |"
+    )
+
+
+def _curve(r: dict) -> str:
+    """A sentence on the record's curve: its points, and whether it still fell where it stopped."""
+    key = next(k for k in r["curve"][0] if k.startswith("iw_nll"))
+    k, n = key.removeprefix("iw_nll_k").split("_n")
+    points = ", ".join(f"{c[key]:.2f} after {c['train_seconds'] / 60:.0f} min" for c in r["curve"][1:])
+    end = r["curve"][-1]
+    before = [c for c in r["curve"][1:] if c["train_seconds"] <= end["train_seconds"] - 300]  # ≥ 5 minutes back
+    trend = ""
+    if before:
+        start = before[-1]
+        minutes = (end["train_seconds"] - start["train_seconds"]) / 60
+        fell = start[key] - end[key]
+        trend = f"; over its last {minutes:.0f} minutes it fell {fell:.2f} nats" if fell > 0 else "; flat at the end"
+    return f"- {r['model']}: IW bound, K = {k}, first {int(n):,} test images: {points}{trend}."
+
+
 def report(records: Path, figure: Path) -> str:
-    """The Markdown table of every record under ``records``, and the figure of their curves."""
+    """The Markdown table of every record under ``records``, its curves in words, and their figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     found = [json.loads(f.read_text()) for f in sorted(records.glob("*.json"))]
+    found.sort(key=lambda r: -(r["published_nll"] or 0.0))  # the published line, top down
     lines = [
-        "| model | published NLL | source | genvae NLL | estimator | epochs | device | training time | parameters |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | published NLL | source | genvae NLL | estimator | missed by | test −ELBO | epochs | device | "
+        "training time | parameters |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for r in found:
-        final = r.get("final")
-        measured = f"{final['nll']:.2f} ± {final['stderr']:.2f}" if final else "not evaluated"
-        estimator = f"{final['estimator']}, {final['test_images']:,} test images" if final else ""
-        published = f"{r['published_nll']:.2f}" if r["published_nll"] is not None else "—"
-        lines.append(
-            f"| {r['model']} | {published} | {r['source']} | {measured} | {estimator} | {r['epochs']} | "
-            f"{r['device']} | {r['train_seconds'] / 60:.0f} min | {r['parameters']:,} |"
-        )
+        lines.append(_row(r))
         key = next(k for k in r["curve"][0] if k.startswith("iw_nll"))
         ax.plot(
             [c["train_seconds"] / 60 for c in r["curve"]], [c[key] for c in r["curve"]], marker="o", label=r["model"]
@@ -172,7 +203,7 @@ def report(records: Path, figure: Path) -> str:
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(figure, dpi=120)
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *(_curve(r) for r in found)])
 
 
 def main() -> None:
