@@ -161,7 +161,7 @@ def _curve(r: dict) -> str:
     """A sentence on the record's curve: its points, and whether it still fell where it stopped."""
     key = next(k for k in r["curve"][0] if k.startswith("iw_nll"))
     k, n = key.removeprefix("iw_nll_k").split("_n")
-    points = ", ".join(f"{c[key]:.2f} after {c['train_seconds'] / 60:.0f} min" for c in r["curve"][1:])
+    points = ", ".join(f"{c[key]:.2f} after {c['train_seconds'] / 60:.0f} min" for c in r["curve"])
     end = r["curve"][-1]
     before = [c for c in r["curve"][1:] if c["train_seconds"] <= end["train_seconds"] - 300]  # ≥ 5 minutes back
     trend = ""
@@ -197,7 +197,7 @@ def report(records: Path, figure: Path) -> str:
         if r["published_nll"] is not None:
             ax.axhline(r["published_nll"], ls=":", lw=0.8, color=ax.lines[-1].get_color())
     ax.axhline(84.0, color="grey", ls="--", lw=0.8, label="84 nats (the 2.5-hour CPU target)")
-    ax.set_ylim(76, 100)  # the first points of a run lie far above; the frontier is what matters
+    ax.set_ylim(76, 112)  # the first points of a run lie far above; the frontier is what matters
     ax.set(xlabel="training time (minutes)", ylabel="test NLL, IW bound (nats)", title="binarized MNIST")
     ax.legend(fontsize=7)
     figure.parent.mkdir(parents=True, exist_ok=True)
