@@ -157,9 +157,14 @@ def _row(r: dict) -> str:
     )
 
 
+def _curve_key(r: dict) -> str:
+    """The name under which the record's curve points hold their bound, ``iw_nll_k<K>_n<N>``."""
+    return next(k for k in r["curve"][0] if k.startswith("iw_nll"))
+
+
 def _curve(r: dict) -> str:
     """A sentence on the record's curve: its points, and whether it still fell where it stopped."""
-    key = next(k for k in r["curve"][0] if k.startswith("iw_nll"))
+    key = _curve_key(r)
     k, n = key.removeprefix("iw_nll_k").split("_n")
     points = ", ".join(f"{c[key]:.2f} after {c['train_seconds'] / 60:.0f} min" for c in r["curve"])
     end = r["curve"][-1]
@@ -190,7 +195,7 @@ def report(records: Path, figure: Path) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for r in found:
         lines.append(_row(r))
-        key = next(k for k in r["curve"][0] if k.startswith("iw_nll"))
+        key = _curve_key(r)
         ax.plot(
             [c["train_seconds"] / 60 for c in r["curve"]], [c[key] for c in r["curve"]], marker="o", label=r["model"]
         )

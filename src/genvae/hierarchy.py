@@ -852,8 +852,8 @@ def _assemble(
     if flow is not None:
         if not callable(flow):
             raise TypeError(f"expected flow to be a function latent_dim -> flow steps, got {type(flow).__name__}")
-        flat = range(top) if num_pseudo_inputs is not None else range(top + 1)  # a VampPrior mixes q(z_L | u)
-        heads = [FlowHead(head, flow(dims[i])) if i in flat else head for i, head in enumerate(heads)]
+        flowing = top if num_pseudo_inputs is not None else top + 1  # a VampPrior mixes Gaussian q(z_L | u)
+        heads = [FlowHead(head, flow(dims[i])) if i < flowing else head for i, head in enumerate(heads)]
     conditionals = [GaussianHead(widths[i + 1][0], dims[i], activation=activation) for i in range(top)]
     encoder = LadderEncoder(up, heads, top_down=top_down)
     net = decoder()
