@@ -1,12 +1,13 @@
-"""Run folders: one writer at a time, one consistent set of files per epoch, verified reads.
+"""Run folders: one writer at a time, one consistent set of files per epoch, verified reads, and
+a boundary that a folder from someone else cannot cross.
 
 A run folder holds ``config.json`` (the settings, written once before training), a *set* of files
 that describe one epoch (``checkpoint.pt``, ``model.safetensors``, ``history.json``), and
 ``manifest.json``, which names that epoch and each file's SHA-256 and size. The manifest is the
 commit point of a set:
 
-1. every file of the new set is written under a staging name (``.checkpoint.pt.new``) and
-   flushed to disk;
+1. every file of the new set is written under a staging name (``.checkpoint.pt.new``), created
+   afresh (whatever stood under that name is removed, never written through) and flushed to disk;
 2. the manifest is replaced atomically (written beside it, flushed, renamed): from this moment
    the new set is the run's state;
 3. the staged files are renamed over the old ones.
@@ -14,11 +15,21 @@ commit point of a set:
 A kill before step 2 leaves the old set and its manifest intact (the staged files are leftovers);
 a kill during step 3 leaves some files of the new set under their staging names, which readers
 accept when they match the manifest and the next writer renames into place. Readers verify every
-byte against the manifest, so a torn or corrupt file is reported, never used.
+byte against the manifest, so a torn or corrupt file is reported, never used. A reader beside a
+writer reads the staged file before the final one and checks the manifest again after a
+mismatch, so a commit in progress makes it read again, never report damage (see
+[`read_member`][genvae.runfolder.read_member]).
 
 One process writes to a run folder at a time: [`lock`][genvae.runfolder.lock] takes an OS lock
 on ``.lock`` in the folder, which the kernel releases when the holder dies, so a killed run never
 blocks its own resume.
+
+A run folder may come from someone else, so nothing in it is trusted: a manifest may name only
+the declared members ([`MEMBERS`][genvae.runfolder.MEMBERS], extended by
+[`declare_member`][genvae.runfolder.declare_member]), plain file names that cannot leave the
+folder; members, staged files, records and the lock are opened without following symbolic
+links; and a folder whose manifest names anything else is refused before anything in it is read
+or changed.
 """
 
 from __future__ import annotations
@@ -28,12 +39,14 @@ import json
 import os
 import re
 import signal
+import stat
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ._files import atomic_path, fsync_dir, fsync_file
+from ._files import atomic_path, create_exclusive, fsync_dir, fsync_file, open_regular, read_regular
 
 try:  # POSIX
     import fcntl
@@ -43,12 +56,18 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = [
     "MANIFEST",
+    "MEMBERS",
+    "RunFolderChanging",
     "RunFolderLocked",
+    "RunFolderWriteError",
     "commit",
     "complete_epoch",
+    "declare_member",
     "holds_lock",
     "lock",
+    "read_file",
     "read_member",
+    "read_set",
     "recover",
     "verify",
 ]
@@ -58,11 +77,60 @@ LOCK_FILE = ".lock"
 FORMAT = "genvae.run"
 VERSION = 1
 _LEFTOVER = re.compile(r"^\..+\.(new|\d+\.tmp)$")  # staged files and atomic_path's temporaries
+#: A plain file name: it cannot name a folder above (``..``), an absolute path or a subfolder.
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+#: The files a manifest may name. Work that adds a member to the committed set declares it with
+#: [`declare_member`][genvae.runfolder.declare_member]; a manifest naming anything else is refused.
+MEMBERS: set[str] = {"checkpoint.pt", "model.safetensors", "history.json"}
+#: Largest manifest read: one names a handful of files in a few hundred bytes.
+MAX_MANIFEST_BYTES = 2**20
+#: Largest file outside the committed set read by [`read_file`][genvae.runfolder.read_file]: the
+#: JSON records (``config.json``, ``fit.json``, ``metrics.json``, ``eval.json``) take a few KiB.
+MAX_RECORD_BYTES = 16 * 2**20
+#: Reads of a set that a writer's commits may restart before a reader gives up (about a second).
+_READ_ATTEMPTS = 40
+_READ_PAUSE_S = 0.025
 _HELD: dict[Path, list[int]] = {}  # resolved folder -> [descriptor, depth] of the locks this process holds
 
 
 class RunFolderLocked(RuntimeError):
     """Another process holds the run folder's lock (it is training in it)."""
+
+
+class RunFolderChanging(RuntimeError):
+    """A writer kept committing new sets while this process read one (nothing was found damaged)."""
+
+
+class RunFolderWriteError(OSError):
+    """A set could not be written (a full disk, a file-size limit); the last committed set is intact."""
+
+
+def declare_member(name: str) -> None:
+    """Allow file ``name`` in the committed set of run folders (in manifests, commits and reads).
+
+    Raises:
+        ValueError: ``name`` is not a plain file name (letters, digits, ``_``, ``.``, ``-``, not
+            starting with a dot) or is the manifest's or the lock's.
+    """
+    if not (isinstance(name, str) and _FILE_NAME.match(name)) or name == MANIFEST:
+        raise ValueError(
+            f"expected a plain file name (letters, digits, '_', '.', '-', not starting with a dot, not {MANIFEST!r}), "
+            f"got {name!r}"
+        )
+    MEMBERS.add(name)
+
+
+def _inside(run: Path, name: str, what: str) -> Path:
+    """``run / name`` where ``name`` is a plain file name, so the path cannot leave the folder."""
+    if not (isinstance(name, str) and _FILE_NAME.match(name)):
+        raise ValueError(f"expected {what} to be a plain file name inside {str(run)!r}, got {name!r}")
+    return run / name
+
+
+def _member(run: Path, name: str) -> Path:
+    if name not in MEMBERS:
+        raise ValueError(f"expected a member of a run folder's set ({sorted(MEMBERS)}), got {name!r}")
+    return _inside(run, name, "a member")
 
 
 def _staged(run: Path, name: str) -> Path:
@@ -108,6 +176,7 @@ def lock(run: str | os.PathLike[str]) -> Iterator[Path]:
 
     Raises:
         RunFolderLocked: another process holds it; nothing has been written to the folder.
+        ValueError: ``.lock`` is a symbolic link, a folder or another non-regular file.
     """
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
@@ -115,7 +184,10 @@ def lock(run: str | os.PathLike[str]) -> Iterator[Path]:
     if key in _HELD:
         _HELD[key][1] += 1
     else:
-        fd = os.open(run / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: the pid written below would land wherever it points
+            fd = open_regular(run / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+        except ValueError as err:
+            raise ValueError(f"{err}; it is the run folder's lock file: remove it, or choose another folder") from None
         if not _try_lock(fd):
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
@@ -142,28 +214,59 @@ def holds_lock(run: str | os.PathLike[str]) -> bool:
 # --------------------------------------------------------------------------- manifest
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _valid_entry(entry: object) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("sha256"), str)
+        and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) is not None
+        and _is_count(entry.get("bytes"))
+    )
+
+
 def _read_manifest(run: Path) -> dict[str, Any] | None:
-    """The manifest of ``run``, or None when it has none; a malformed one is a ValueError."""
+    """The manifest of ``run``, or None when it has none.
+
+    Raises:
+        ValueError: it is not a manifest (not a regular file, not UTF-8 JSON, malformed), or it
+            names a file that is not a declared member; nothing in the folder has been touched.
+    """
     path = run / MANIFEST
+    edited = "the run folder has been edited or damaged; nothing in it was read or changed"
     try:
-        text = path.read_text()
+        raw = read_regular(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         return None
+    except ValueError as err:
+        raise ValueError(f"{err}; {edited}") from None
     try:
-        manifest = json.loads(text)
-        ok = (
-            manifest.get("format") == FORMAT
-            and isinstance(manifest.get("epoch"), int)
-            and isinstance(manifest.get("files"), dict)
-            and all(isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in manifest["files"].values())
-        )
-    except (ValueError, AttributeError):
-        ok = False
-    if not ok:
+        manifest = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"expected {str(path)!r} to be UTF-8 JSON, got a byte {err.object[err.start]:#04x} at offset "
+                         f"{err.start} that is not UTF-8; {edited}") from None  # fmt: skip
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"expected {str(path)!r} to be JSON, could not read it: {err}; {edited}") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not (
+        isinstance(manifest, dict)
+        and manifest.get("format") == FORMAT
+        and _is_count(manifest.get("epoch"))
+        and isinstance(files, dict)
+        and all(_valid_entry(v) for v in files.values())
+    ):
         raise ValueError(
-            f"expected {str(path)!r} to be a genvae run manifest (format {FORMAT!r}, an epoch and a sha256 per "
-            "file), could not read it; the run folder has been edited or damaged"
+            f"expected {str(path)!r} to be a genvae run manifest (format {FORMAT!r}, an epoch and a sha256 and size "
+            f"per file), got something else; {edited}"
         )
+    for name in files:
+        if name not in MEMBERS:
+            raise ValueError(
+                f"expected {str(path)!r} to name only members of a run folder ({', '.join(sorted(MEMBERS))}), got "
+                f"{name!r}; {edited}"
+            )
     return manifest
 
 
@@ -174,53 +277,85 @@ def complete_epoch(run: str | os.PathLike[str]) -> int | None:
 
 
 def commit(run: str | os.PathLike[str], epoch: int, writers: Mapping[str, Callable[[Path], object]]) -> None:
-    """Make ``writers`` (``{file name: write(path)}``) the run's set of files for ``epoch``, atomically.
+    """Make ``writers`` (``{member name: write(path)}``) the run's set of files for ``epoch``, atomically.
 
     The caller must hold [`lock`][genvae.runfolder.lock]. Readers see the old set or the new one,
-    whenever this process is killed.
+    whenever this process is killed. Each ``write`` gets a freshly created regular file to write.
+
+    Raises:
+        RunFolderWriteError: a file of the set or the manifest could not be written (a full disk);
+            the staged files are removed and the last committed set is intact.
+        ValueError: a name that is not a declared member, or a folder under a staging name.
     """
     run = Path(run)
     if not holds_lock(run):
         raise RuntimeError(f"commit to {str(run)!r} without holding its lock")
-    files = {}
-    for name, write in writers.items():
-        staged = _staged(run, name)
-        write(staged)
-        _crash_point(f"writing:{name}", epoch, half_written=staged)
-        fsync_file(staged)
-        data = staged.read_bytes()
-        files[name] = {"sha256": _sha256(data), "bytes": len(data)}
-        _crash_point(f"staged:{name}", epoch)
-    manifest = {"format": FORMAT, "version": VERSION, "epoch": epoch, "files": files}
-    with atomic_path(run / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    for name in writers:
+        _member(run, name)
+    files: dict[str, dict[str, Any]] = {}
+    name = MANIFEST
+    try:
+        for name, write in writers.items():
+            staged = _staged(run, name)
+            create_exclusive(staged)  # whatever stood there (a planted link) is removed, not written through
+            write(staged)
+            _crash_point(f"writing:{name}", epoch, half_written=staged)
+            fsync_file(staged)
+            data = read_regular(staged, os.lstat(staged).st_size)
+            files[name] = {"sha256": _sha256(data), "bytes": len(data)}
+            _crash_point(f"staged:{name}", epoch)
+        name = MANIFEST
+        manifest = {"format": FORMAT, "version": VERSION, "epoch": epoch, "files": files}
+        with atomic_path(run / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    except (OSError, RuntimeError) as err:
+        for staged_name in writers:
+            _remove_entry(_staged(run, staged_name))
+        last = complete_epoch(run)
+        intact = "no epoch was committed before" if last is None else f"the last committed epoch {last} is intact"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunFolderWriteError(f"could not write {name!r} in {str(run)!r} (disk full?): {reason}; {intact}") from err
     _crash_point("manifest", epoch)
     for name in writers:
-        os.replace(_staged(run, name), run / name)
+        os.replace(_staged(run, name), run / name)  # replaces a link at the final name, never follows it
         _crash_point(f"renamed:{name}", epoch)
     fsync_dir(run)
+
+
+def _remove_entry(path: Path) -> bool:
+    """Remove ``path`` if it is a file, a symbolic link (not what it points to), a FIFO or a socket."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def recover(run: str | os.PathLike[str]) -> list[str]:
     """Finish a commit a killed writer left half done, and delete its leftovers.
 
-    The caller must hold [`lock`][genvae.runfolder.lock]. Returns the names of the files deleted.
+    The caller must hold [`lock`][genvae.runfolder.lock]. Only regular files under the staging
+    names of the manifest's members are renamed into place; leftovers that are links are removed
+    as links. Returns the names of the entries deleted.
+
+    Raises:
+        ValueError: the manifest is malformed or names a file that is not a member; nothing in
+            the folder has been changed.
     """
     run = Path(run)
     if not holds_lock(run):
         raise RuntimeError(f"recover {str(run)!r} without holding its lock")
     manifest = _read_manifest(run)
     for name, entry in (manifest["files"] if manifest else {}).items():
-        staged = _staged(run, name)
-        if staged.is_file() and _sha256(staged.read_bytes()) == entry["sha256"]:
+        staged = _staged(run, _member(run, name).name)
+        data = _read_if_regular(staged, entry["bytes"])
+        if data is not None and _sha256(data) == entry["sha256"]:
             os.replace(staged, run / name)
-    removed = []
-    for path in run.iterdir():
-        if _LEFTOVER.match(path.name) and path.is_file():
-            path.unlink()
-            removed.append(path.name)
+    removed = [path.name for path in sorted(run.iterdir()) if _LEFTOVER.match(path.name) and _remove_entry(path)]
     fsync_dir(run)
-    return sorted(removed)
+    return removed
 
 
 def verify(run: str | os.PathLike[str]) -> int | None:
@@ -230,50 +365,143 @@ def verify(run: str | os.PathLike[str]) -> int | None:
         FileNotFoundError, ValueError: as [`read_member`][genvae.runfolder.read_member].
     """
     manifest = _read_manifest(Path(run))
-    for name in manifest["files"] if manifest else ():
-        read_member(run, name)
-    return None if manifest is None else int(manifest["epoch"])
+    if manifest is None:
+        return None
+    epoch, _ = read_set(run, sorted(manifest["files"]))
+    return epoch
+
+
+def _read_if_regular(path: Path, size: int) -> bytes | None:
+    """The bytes of ``path`` when it is a regular file of ``size`` bytes, else None (missing, a
+    link, another size)."""
+    try:
+        data = read_regular(path, size)
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if len(data) == size else None
+
+
+def _digest_or_none(path: Path, size: int) -> str | None:
+    data = _read_if_regular(path, size)
+    return None if data is None else _sha256(data)
+
+
+def read_set(run: str | os.PathLike[str], names: list[str] | tuple[str, ...]) -> tuple[int | None, dict[str, bytes]]:
+    """The bytes of files ``names`` of ``run``'s committed set, all of one epoch, each verified.
+
+    A reader beside a writer reads each file under its staging name first, then under its final
+    name: the writer stages every file before it replaces the manifest and renames them only
+    after, so for the manifest read first one of the two holds the committed bytes unless the
+    manifest has changed since. The manifest is read again after a mismatch; when it has changed,
+    the whole set is read again (up to about a second of commits). Damage is reported only when
+    the bytes still disagree with a manifest that did not change while they were read, twice.
+
+    A folder without a manifest (one written by [`genvae.save`][genvae.io.save]) gives the plain
+    files, with epoch None.
+
+    Raises:
+        FileNotFoundError: the folder has no such file.
+        ValueError: a file does not match the manifest (it is corrupt or from another set), a
+            member is a link or not a regular file, or the manifest is not one.
+        RunFolderChanging: a writer kept committing new sets for the whole time.
+    """
+    run = Path(run)
+    paths = {name: _member(run, name) for name in names}
+    mismatches = 0
+    for _ in range(_READ_ATTEMPTS):
+        manifest = _read_manifest(run)
+        if manifest is None:
+            return None, {name: _plain_member(path) for name, path in paths.items()}
+        missing = [name for name in names if name not in manifest["files"]]
+        if missing:
+            raise FileNotFoundError(
+                f"expected {missing[0]!r} in the set of files of {str(run)!r}, but its manifest names only "
+                f"{sorted(manifest['files'])}"
+            )
+        found, bad = {}, None
+        for name, path in paths.items():
+            entry = manifest["files"][name]
+            for candidate in (_staged(run, name), path):  # staged first: see above
+                data = _read_if_regular(candidate, entry["bytes"])
+                if data is not None and _sha256(data) == entry["sha256"]:
+                    found[name] = data
+                    break
+            else:
+                bad = name
+                break
+        if bad is None:
+            return int(manifest["epoch"]), found
+        if _read_manifest(run) == manifest:  # not a commit racing with this read
+            mismatches += 1
+            if mismatches == 2:
+                _raise_damaged(run, bad, manifest)
+        time.sleep(_READ_PAUSE_S)
+    raise RunFolderChanging(
+        f"{str(run)!r} committed new sets of files for as long as they were read ({_READ_ATTEMPTS} tries); its "
+        "files are not damaged: read it again"
+    )
+
+
+def _plain_member(path: Path) -> bytes:
+    """A member of a folder without a manifest (one [`genvae.save`][genvae.io.save] wrote)."""
+    try:
+        return read_regular(path, _MAX_PLAIN_MEMBER_BYTES)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"expected {str(path)!r} in the run folder, found no such file") from None
+
+
+#: Largest member read from a folder without a manifest (a model file of any size the machine holds).
+_MAX_PLAIN_MEMBER_BYTES = 2**40
+
+
+def _raise_damaged(run: Path, name: str, manifest: dict[str, Any]) -> None:
+    entry, path = manifest["files"][name], run / name
+    try:
+        kind = stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        kind = None
+    if kind is False:  # a link or a folder where the file should be: never followed
+        read_regular(path, entry["bytes"])  # raises its ValueError naming what stands there
+    digest = _digest_or_none(path, entry["bytes"])
+    if digest is not None:
+        got = f"got sha256 {digest[:12]}…"
+    elif kind is None:
+        got = "the file is missing"
+    else:
+        got = f"got {os.lstat(path).st_size} bytes, not {entry['bytes']}"
+    raise ValueError(
+        f"{str(path)!r} does not match the run's manifest (epoch {manifest['epoch']}: expected sha256 "
+        f"{entry['sha256'][:12]}…, {got}); the file is damaged and no older complete set is kept, so train "
+        "the run again (its config.json holds the settings)"
+    )
 
 
 def read_member(run: str | os.PathLike[str], name: str) -> bytes:
     """The bytes of file ``name`` of run folder ``run``, verified against its manifest.
 
     A folder without a manifest (one written by [`genvae.save`][genvae.io.save]) gives the plain
-    file. A commit by another process while reading is retried.
+    file. A commit by another process while reading is read again, never reported as damage (see
+    [`read_set`][genvae.runfolder.read_set]).
 
     Raises:
         FileNotFoundError: the folder has no such file.
-        ValueError: the file does not match the manifest (it is corrupt or from another set).
+        ValueError: the file does not match the manifest (it is corrupt or from another set), or
+            it is a symbolic link or not a regular file.
+        RunFolderChanging: a writer kept committing new sets for the whole time.
     """
-    run = Path(run)
-    for _ in range(3):
-        manifest = _read_manifest(run)
-        if manifest is None:
-            path = run / name
-            if not path.is_file():
-                raise FileNotFoundError(f"expected {str(path)!r} in the run folder, found no such file")
-            return path.read_bytes()
-        entry = manifest["files"].get(name)
-        if entry is None:
-            raise FileNotFoundError(
-                f"expected {name!r} in the set of files of {str(run)!r}, but its manifest names only "
-                f"{sorted(manifest['files'])}"
-            )
-        found = []
-        for path in (run / name, _staged(run, name)):
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                continue
-            digest = _sha256(data)
-            if digest == entry["sha256"]:
-                return data
-            found.append(digest)
-        if _read_manifest(run) == manifest:  # not a commit racing with this read
-            break
-    got = f"got sha256 {found[0][:12]}…" if found else "the file is missing"
-    raise ValueError(
-        f"{str(run / name)!r} does not match the run's manifest (epoch {manifest['epoch']}: expected sha256 "
-        f"{entry['sha256'][:12]}…, {got}); the file is damaged and no older complete set is kept, so train "
-        "the run again (its config.json holds the settings)"
-    )
+    return read_set(run, [name])[1][name]
+
+
+def read_file(run: str | os.PathLike[str], name: str, *, max_bytes: int = MAX_RECORD_BYTES) -> bytes:
+    """The bytes of file ``name`` of ``run`` outside the committed set (``config.json``, ``fit.json``…).
+
+    ``name`` is a plain file name, so the path never leaves the folder; the file is read only if
+    it is a regular file (never through a symbolic link) of at most ``max_bytes`` bytes.
+
+    Raises:
+        FileNotFoundError: the folder has no such file.
+        ValueError: ``name`` is not a plain file name, or the file is a link, not a regular file
+            or too large.
+    """
+    path = _inside(Path(run), name, "a file of a run folder")
+    return read_regular(path, max_bytes)
