@@ -188,11 +188,13 @@ def _plural(n: int, word: str) -> str:
 
 def _read_run_config(run: Path) -> RunConfig:
     """The settings a run folder was trained with (its ``config.json``)."""
+    from .records import read_json
+
     cfg_path = run / "config.json"
-    if not cfg_path.is_file():
+    if not os.path.lexists(cfg_path):
         raise _UserError(f"expected {str(cfg_path)!r} in the run folder; is {str(run)!r} a genvae run?")
     try:
-        settings = json.loads(cfg_path.read_text())
+        settings = read_json(run, "config.json")
         if not isinstance(settings, dict):
             raise TypeError(f"expected a JSON object, got {type(settings).__name__}")
         return RunConfig(**settings)
@@ -200,29 +202,30 @@ def _read_run_config(run: Path) -> RunConfig:
         raise _UserError(f"expected a valid config.json in {str(run)!r}: {err}") from None
 
 
+#: What a model file must hold for eval, sample and info: a latent-variable model's parts.
+_MODEL_ATTRIBUTES = ("encoder", "decoder", "likelihood", "prior", "num_classes", "data_shape", "latent_dim")
+
+
 def _load_run(run: Path, device: str = "cpu") -> tuple[Any, RunConfig | None]:
     """The model of a run folder and its ``config.json`` (None for a folder ``fit(out=…)`` wrote)."""
+    from .protocols import LatentVariableModel
     from .train import resolve_device
 
     if not run.is_dir():
         raise _UserError(f"expected a run folder, got {str(run)!r}, which is not a folder")
-    cfg = _read_run_config(run) if (run / "config.json").is_file() else None
-    if cfg is None and not (run / "model.safetensors").is_file() and not (run / runfolder.MANIFEST).is_file():
+    dev = resolve_device(device)
+    cfg = _read_run_config(run) if os.path.lexists(run / "config.json") else None
+    if cfg is None and not any(os.path.lexists(run / name) for name in ("model.safetensors", runfolder.MANIFEST)):
         raise _UserError(f"expected a genvae run folder (config.json or model.safetensors) at {str(run)!r}")
-    model = load(run, map_location=resolve_device(device))
+    model = load(run, map_location=dev)
+    missing = [name for name in _MODEL_ATTRIBUTES if not hasattr(model, name)]
+    if missing or not isinstance(model, LatentVariableModel):
+        raise _UserError(
+            f"expected {str(run / 'model.safetensors')!r} to hold a latent-variable model (a VAE, CVAE or "
+            f"HierarchicalVAE), got a {type(model).__module__}.{type(model).__qualname__}"
+            + (f" without {', '.join(missing)}" if missing else "")
+        )
     return model, cfg
-
-
-def _fit_record(run: Path) -> dict[str, Any]:
-    """``fit.json`` of a run folder (the data and the training call), or {} without one."""
-    path = run / "fit.json"
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text())
-    except ValueError as err:
-        raise _UserError(f"expected valid JSON in {str(path)!r}: {err}") from None
-    return record if isinstance(record, dict) else {}
 
 
 def _load(name: str, split: str, binarize: str, seed: int, subset: int | None = None):
@@ -238,7 +241,9 @@ def _load(name: str, split: str, binarize: str, seed: int, subset: int | None = 
 
 def _run_test_data(run: Path, cfg: RunConfig | None, args: argparse.Namespace):
     """The test data of a run: ``--data`` if given, else what ``config.json`` or ``fit.json`` records."""
-    record = _fit_record(run)
+    from .records import read_fit_record
+
+    record = read_fit_record(run)
     recorded = record.get("test") or record.get("train") or {}
     name = args.data or (cfg.dataset if cfg is not None else recorded.get("source"))
     if name is None:
@@ -314,15 +319,13 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
     from .train import fit, resolve_device
     from .viz import save_grid, save_loss_curves, save_reconstructions
 
-    removed = runfolder.recover(run)
-    if removed:
-        print(f"removed leftovers of a killed write in {run}: {', '.join(removed)}", file=sys.stderr)
+    # Reads only: fit removes a killed write's leftovers and writes config.json once its checks pass.
     committed = runfolder.verify(run) if args.resume else runfolder.complete_epoch(run)
-    if (committed is not None or (run / "checkpoint.pt").exists()) and not args.resume:
+    if (committed is not None or os.path.lexists(run / "checkpoint.pt")) and not args.resume:
         raise _UserError(
             f"run folder {str(run)!r} already has a checkpoint; pass --resume to continue it or choose another --out"
         )
-    if args.resume and (run / "config.json").is_file():
+    if args.resume and os.path.lexists(run / "config.json"):
         cfg = _resumed(_read_run_config(run), settings)
         cfg.out = str(run)
 
@@ -342,7 +345,6 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
     )  # fmt: skip
     requested = {"compile": cfg.compile, "amp": cfg.amp, "cuda_graph": cfg.cuda_graph}  # fit resolves them alike
     cfg.compile, cfg.amp, cfg.cuda_graph = engine.compile, engine.amp, engine.cuda_graph
-    write_json(run / "config.json", cfg.to_dict())
     print(
         f"training {cfg.model} ({cfg.arch}, z={cfg.latent_dim}{_shape_note(cfg)}, {cfg.likelihood}, {cfg.prior} prior) "
         f"with {objective!r} on {len(train)} {cfg.dataset} examples for {_plural(cfg.epochs, 'epoch')} → {run}",
@@ -363,6 +365,7 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
         **requested,
         out=run,
         resume=args.resume,
+        config=cfg.to_dict(),
         progress=False if args.no_progress else None,
         callbacks=[
             lambda s, m: print(
@@ -513,6 +516,12 @@ def _sample(args: argparse.Namespace) -> None:
         y = torch.arange(args.n, device=device) % model.num_classes
     if not _is_image(model.data_shape):
         raise _UserError(f"expected a model of images (C, H, W) to draw a PNG, got data of shape {model.data_shape}")
+    most = _most_samples(model.data_shape)
+    if args.n > most:
+        raise _UserError(
+            f"expected --n at most {most:,} for this model: {SAMPLE_BYTES_PER_VALUE} bytes per value of its "
+            f"{math.prod(model.data_shape):,} per image must fit in half of this machine's memory, got {args.n:,}"
+        )
     images = model.sample(args.n, y, generator=torch.Generator(device=device).manual_seed(args.seed))
     folder = args.output.parent
     if not folder.is_dir():
@@ -522,7 +531,27 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {args.n} samples to {path}")
 
 
+#: Bytes a drawn image takes per value while it is decoded and laid out in a grid, counted
+#: generously (float32 activations of the decoder's last layers, the grid, the PNG's bytes).
+SAMPLE_BYTES_PER_VALUE = 64
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory (16 GiB where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 16 * 2**30
+
+
+def _most_samples(data_shape: tuple[int, ...]) -> int:
+    """The most images ``genvae sample`` draws at once: their bytes fit in half the memory."""
+    return max(1, _memory_bytes() // 2 // (SAMPLE_BYTES_PER_VALUE * math.prod(data_shape)))
+
+
 def _info(args: argparse.Namespace) -> None:
+    from .records import read_fit_record, read_history, read_json
+
     model, cfg = _load_run(args.run)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"run        {args.run}")
@@ -541,7 +570,7 @@ def _info(args: argparse.Namespace) -> None:
         free_bits = "" if cfg.free_bits is None else f", free bits {cfg.free_bits} nats"
         k = cfg.k or (DEFAULT_IW_K if cfg.objective in ("iwae", "dreg") else 1)
         print(f"objective  {cfg.objective}, k {k}, β {cfg.beta}{schedule}{free_bits}")
-    elif record := _fit_record(args.run):
+    elif record := read_fit_record(args.run):
         train = record.get("train") or {}
         source = train.get("source") or f"a {train.get('type', 'tensor')} (not recorded)"
         print(f"data       {source}, binarize {train.get('binarize')}, {train.get('size')} train examples")
@@ -550,21 +579,23 @@ def _info(args: argparse.Namespace) -> None:
             f"lr {record.get('lr')}, seed {record.get('seed')}"
         )
         print(f"objective  {record.get('objective')}")
-    engine = _fit_record(args.run).get("engine")
+    engine = read_fit_record(args.run).get("engine")
     if isinstance(engine, dict):
         print(f"engine     {engine.get('name')} ({engine.get('reason')})")
     try:
-        records = json.loads(runfolder.read_member(args.run, "history.json"))
+        history = read_history(args.run)
     except FileNotFoundError:
-        records = []
-    if records:
-        last = records[-1]
-        test = "" if last["test_loss"] is None else f", test {last['test_loss']:.2f}"
-        print(f"last epoch {last['epoch']}: train {last['train_loss']:.2f}{test} nats/image")
+        history = []
+    if history:
+        last = history[-1]
+        test = "" if last.test_loss is None else f", test {last.test_loss:.2f}"
+        print(f"last epoch {last.epoch}: train {last.train_loss:.2f}{test} nats/image")
     for name in ("metrics", "eval"):
-        path = args.run / f"{name}.json"
-        if path.is_file():
-            print(f"{name:<11}{json.dumps(json.loads(path.read_text()))}")
+        try:
+            record = read_json(args.run, f"{name}.json")
+        except FileNotFoundError:
+            continue
+        print(f"{name:<11}{json.dumps(record)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -573,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         {"train": _train, "eval": _eval, "sample": _sample, "info": _info}[args.command](args)
-    except (_UserError, ValueError, TypeError, OSError, runfolder.RunFolderLocked) as err:
+    except (_UserError, ValueError, TypeError, OSError, runfolder.RunFolderLocked, runfolder.RunFolderChanging) as err:
         print(f"genvae {args.command}: error: {err}", file=sys.stderr)
         return 2
     except FloatingPointError as err:

@@ -54,6 +54,7 @@ __all__ = ["EpochStats", "FitResult", "fit", "resolve_device"]
 log = logging.getLogger("genvae.train")
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CONFIG_FILE = "config.json"  # the settings genvae train passes as fit(config=...)
 FIT_FILE = "fit.json"  # the data and the training call, so that the run folder describes itself
 HISTORY_FILE = "history.json"
 
@@ -88,13 +89,16 @@ class FitResult:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; an unavailable CUDA device is an error."""
+    """``"auto"`` → CUDA when available, else CPU; an unavailable CUDA device, or a device of a kind
+    genvae does not train on (``meta``, ``xla``…), is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"expected device 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise ValueError(f"expected device 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"expected device {device!r} to exist, but torch.cuda.is_available() is False")
@@ -160,6 +164,7 @@ def fit(
     progress: bool | None = None,
     in_memory: bool | None = None,
     num_workers: int | None = None,
+    config: Mapping[str, object] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train`` by minimising ``objective``'s loss (the negative ELBO by default).
 
@@ -212,7 +217,10 @@ def fit(
         out: run folder; after every epoch it receives ``checkpoint.pt`` (weights, optimizer,
             scheduler and RNG states, history), ``model.safetensors`` and ``history.json`` as one
             set committed by ``manifest.json`` (see [`genvae.runfolder`][genvae.runfolder]). The
-            folder is locked while ``fit`` runs; leftovers of a killed write are removed first.
+            folder is locked while ``fit`` runs. Nothing in it is written or removed (leftovers of
+            a killed write, ``fit.json``) until every check has passed and, with ``resume``, the
+            checkpoint has been read into the model and optimizer: a call that fails leaves the
+            folder as it was.
         resume: continue from the verified set in ``out`` (from scratch if it has none yet); the
             weights then match an uninterrupted run bit for bit on the CPU.
         callbacks: called as ``callback(stats, model)`` after every epoch (rank 0 only).
@@ -230,14 +238,19 @@ def fit(
             [`IN_MEMORY_BYTES`][genvae.data.dataset.IN_MEMORY_BYTES].
         num_workers: worker processes of a streamed data set's ``DataLoader`` (default
             [`default_workers`][genvae.data.loader.default_workers]).
+        config: JSON-ready settings written to ``out`` as ``config.json`` beside ``fit.json``, once
+            the checks have passed (``genvae train`` records its settings so).
 
     Raises:
         FloatingPointError: the loss, the test loss or the weights became NaN or inf; nothing
             non-finite is written, and the last checkpoint is left as it was.
         FileExistsError: ``out`` already holds a checkpoint and ``resume`` is False.
         RunFolderLocked: another process is training in ``out``.
+        RunFolderWriteError: a checkpoint could not be written (a full disk); the last committed
+            epoch is intact.
         TypeError: with ``out``, a model that [`genvae.save`][genvae.io.save] cannot describe.
-        ValueError: a checkpoint that is damaged or does not fit the model (on resume).
+        ValueError: a checkpoint that is damaged or does not fit the model (on resume), or a run
+            folder that has been edited (see [`genvae.runfolder`][genvae.runfolder]).
     """
     train = as_dataset(train, "train", in_memory=in_memory)
     test = as_dataset(test, "test", in_memory=in_memory) if test is not None else None
@@ -269,15 +282,12 @@ def fit(
         if run is not None and rank == 0:
             _check_describable(model)
             stack.enter_context(runfolder.lock(run))  # before anything is read from or written to the folder
-            removed = runfolder.recover(run)
-            if removed:
-                log.info("removed leftovers of a killed write in %s: %s", run, ", ".join(removed))
         return _fit(
             model, train, test, run, rank, world, epochs=epochs, objective=objective, batch_size=batch_size,
             lr=lr, beta=beta, kl_warmup_epochs=kl_warmup_epochs, grad_clip=grad_clip, device=device, seed=seed,
             compile=compile, amp=amp, cuda_graph=cuda_graph, resume=resume, callbacks=callbacks, metrics=metrics,
             optimizer=optimizer, scheduler=scheduler, log_every=log_every, progress=progress,
-            num_workers=num_workers,
+            num_workers=num_workers, config=config,
         )  # fmt: skip
 
 
@@ -309,6 +319,7 @@ def _fit(
     log_every: int,
     progress: bool | None,
     num_workers: int | None,
+    config: Mapping[str, object] | None,
 ) -> FitResult:
     """The body of [`fit`][genvae.train.fit], with its arguments checked and the run folder locked."""
     dev = resolve_device(device)
@@ -320,7 +331,7 @@ def _fit(
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(dev)
     committed = runfolder.complete_epoch(run) if run is not None else None
-    if run is not None and committed is None and (run / CHECKPOINT_FILE).exists():
+    if run is not None and committed is None and os.path.lexists(run / CHECKPOINT_FILE):
         raise ValueError(
             f"expected a manifest.json beside {str(run / CHECKPOINT_FILE)!r} (genvae 0.2 run folders have one), "
             "found none, so the checkpoint cannot be verified; train into a new folder"
@@ -379,8 +390,6 @@ def _fit(
     if objective is None:
         objective = ELBO(LinearWarmup(beta, kl_warmup_epochs * steps_per_epoch) if kl_warmup_epochs else beta)
     count = torch.zeros((), dtype=torch.int64, device=dev)  # optimizer steps taken; drives β schedules
-    if run is not None and rank == 0:
-        write_json(run / FIT_FILE, _describe_fit(train, test, objective, epochs, batch_size, lr, seed, engine))
 
     history: list[EpochStats] = []
     start = 0
@@ -432,6 +441,13 @@ def _fit(
     # In eval mode with the random state forked, so that the check changes no buffer and no draw.
     with model.validate_args(True), evaluating(model):
         model.terms(x0.to(dev), y0.to(dev) if conditional else None)  # values, labels, the likelihood's event shape
+    if run is not None and rank == 0:  # every check has passed: the first writes to the folder
+        removed = runfolder.recover(run)
+        if removed:
+            log.warning("removed leftovers of a killed write in %s: %s", run, ", ".join(removed))
+        if config is not None:
+            write_json(run / CONFIG_FILE, dict(config))
+        write_json(run / FIT_FILE, _describe_fit(train, test, objective, epochs, batch_size, lr, seed, engine))
     with model.validate_args(False):
         for epoch in range(start, epochs):
             model.train()
@@ -548,8 +564,10 @@ def _read_checkpoint(run: Path, dev: torch.device) -> dict:
     try:
         state = torch.load(BytesIO(data), map_location=dev, weights_only=True)
     except Exception as err:  # a file that matches its manifest but is not a checkpoint: edited by hand
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
-            f"expected a genvae checkpoint in {str(run / CHECKPOINT_FILE)!r}, could not read it: {err}"
+            f"expected a genvae checkpoint in {str(run / CHECKPOINT_FILE)!r} (tensors and plain values only), "
+            f"could not read it: {reason}"
         ) from None
     if not isinstance(state, dict):
         raise ValueError(
