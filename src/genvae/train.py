@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import sys
 import time
 import types
@@ -564,16 +565,28 @@ def _read_checkpoint(run: Path, dev: torch.device) -> dict:
     try:
         state = torch.load(BytesIO(data), map_location=dev, weights_only=True)
     except Exception as err:  # a file that matches its manifest but is not a checkpoint: edited by hand
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"expected a genvae checkpoint in {str(run / CHECKPOINT_FILE)!r} (tensors and plain values only), "
-            f"could not read it: {reason}"
+            f"could not read it: {_load_failure(err)}"
         ) from None
     if not isinstance(state, dict):
         raise ValueError(
             f"expected a genvae checkpoint in {str(run / CHECKPOINT_FILE)!r}, got a {type(state).__name__}"
         )
     return state
+
+
+def _load_failure(err: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in one line.
+
+    torch's message for a refused pickle is a paragraph that suggests ``weights_only=False``; the
+    cause is the text after ``WeightsUnpickler error:``.
+    """
+    text = " ".join(str(err).split())
+    if isinstance(err, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
+        cause = text.split("WeightsUnpickler error:", 1)[1].split(". ")[0].strip().rstrip(".")
+        return f"it holds Python objects other than tensors and plain values ({cause}); they were refused unread"
+    return text.split(". ")[0].rstrip(".") or type(err).__name__
 
 
 def _last_good(run: Path | None) -> str:
