@@ -79,9 +79,9 @@ VERSION = 1
 _LEFTOVER = re.compile(r"^\..+\.(new|\d+\.tmp)$")  # staged files and atomic_path's temporaries
 #: A plain file name: it cannot name a folder above (``..``), an absolute path or a subfolder.
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-#: The files a manifest may name. Work that adds a member to the committed set declares it with
-#: [`declare_member`][genvae.runfolder.declare_member]; a manifest naming anything else is refused.
 MEMBERS: set[str] = {"checkpoint.pt", "model.safetensors", "history.json"}
+"""The files a manifest may name. Work that adds a member to the committed set declares it with
+[`declare_member`][genvae.runfolder.declare_member]; a manifest naming anything else is refused."""
 #: Largest manifest read: one names a handful of files in a few hundred bytes.
 MAX_MANIFEST_BYTES = 2**20
 #: Largest file outside the committed set read by [`read_file`][genvae.runfolder.read_file]: the
