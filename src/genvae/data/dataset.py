@@ -14,6 +14,7 @@ from torch import Tensor
 from .._checks import positive_int
 
 __all__ = [
+    "CLASS_BOUND_FLOOR",
     "IN_MEMORY_BYTES",
     "AnyData",
     "Binarize",
@@ -21,6 +22,7 @@ __all__ = [
     "as_dataset",
     "as_float",
     "check_binarize",
+    "classes_from_labels",
     "collate",
     "item_tensors",
 ]
@@ -33,6 +35,40 @@ def check_binarize(binarize: object) -> None:
     """Refuse a binarization other than ``"none"``, ``"static"`` or ``"dynamic"``."""
     if binarize not in _BINARIZE:
         raise ValueError(f"expected binarize one of {_BINARIZE}, got {binarize!r}")
+
+
+CLASS_BOUND_FLOOR = 1000
+"""Where the number of classes is derived from labels ``y (N,)`` as ``max(y) + 1``, the largest
+label must be less than ``max(N, CLASS_BOUND_FLOOR)``: the data bound the classes (a class may have
+no example, as in a sample of a larger set, but there are not vastly more classes than examples),
+so that one stray label such as 2**40 cannot make a conditional model allocate an embedding of
+2**40 rows. The floor lets a small sample keep a large set's labels (ImageNet's run to 999)."""
+
+
+def classes_from_labels(labels: Tensor, what: str = "labels") -> int:
+    """``max(labels) + 1``, the number of classes that integer ``labels (N,)`` imply (1 if empty),
+    bounded by the data: see [`CLASS_BOUND_FLOOR`][genvae.data.dataset.CLASS_BOUND_FLOOR].
+
+    Args:
+        labels: ``(N,)`` integer labels.
+        what: the labels' name in error messages, e.g. ``"labels y in 'f.npz'"``.
+
+    Raises:
+        ValueError: a label is negative, or the largest is ``max(N, CLASS_BOUND_FLOOR)`` or more.
+    """
+    if labels.numel() == 0:
+        return 1
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0:
+        raise ValueError(f"expected non-negative {what}, got {lo}")
+    bound = max(labels.numel(), CLASS_BOUND_FLOOR)
+    if hi >= bound:
+        raise ValueError(
+            f"expected {what} below {bound}, as the number of classes (the largest label + 1) is at most "
+            f"the number of examples ({labels.numel()}) or {CLASS_BOUND_FLOOR}, whichever is larger; "
+            f"got a largest label of {hi}: number the classes from 0"
+        )
+    return hi + 1
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -107,7 +143,9 @@ class ImageDataset:
         """Build a data set from ``images (N, *data_shape)`` and optional integer ``labels (N,)``.
 
         uint8 data are 8-bit pixels; floating data are kept as they are (they must be finite);
-        ``num_classes`` defaults to ``max(labels) + 1``.
+        ``num_classes`` defaults to ``max(labels) + 1``, which must be at most
+        ``max(N, CLASS_BOUND_FLOOR)`` (see [`classes_from_labels`][genvae.data.dataset.classes_from_labels]);
+        pass ``num_classes`` to have more classes than that.
         """
         x = torch.as_tensor(images)
         if x.dim() < 2:
@@ -128,7 +166,7 @@ class ImageDataset:
             raise ValueError(f"expected labels of shape ({len(x)},) to match the {len(x)} images, got {tuple(y.shape)}")
         y = y.to(torch.int64)
         if num_classes is None:
-            num_classes = int(y.max()) + 1 if y.numel() else 1
+            num_classes = classes_from_labels(y)
         return cls(x.contiguous(), y.contiguous(), num_classes, binarize, seed, source=source)
 
     def __len__(self) -> int:
