@@ -35,12 +35,10 @@ import contextlib
 import logging
 import os
 import stat
-import struct
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -48,9 +46,6 @@ from torch import Tensor
 
 from ._raw import Split, check_split
 from .dataset import Binarize, ImageDataset, check_binarize, classes_from_labels
-
-if TYPE_CHECKING:
-    from PIL.ImageFile import ImageFile
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -267,44 +262,29 @@ def _image_files(root: Path, classes: list[str]) -> list[tuple[str, int]]:
     return samples
 
 
-def _open_header(fp: IO[bytes], file: str) -> ImageFile:
-    """The image in ``fp``, identified by the first of Pillow's format plugins that takes its first
-    bytes, as ``PIL.Image.open`` identifies it: its header read, its pixels not yet decoded.
-
-    ``Image.open`` would also compare the size with PIL's global ``Image.MAX_IMAGE_PIXELS``, and
-    refuse a large image before its size can be read and named; the caller checks the size against
-    [`MAX_IMAGE_PIXELS`][genvae.data.files.MAX_IMAGE_PIXELS] instead.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    Image.init()  # register every format plugin
-    prefix = fp.read(16)
-    for fmt in Image.ID:
-        factory, accept = Image.OPEN[fmt]
-        taken = not accept or accept(prefix)
-        if taken and not isinstance(taken, str):  # a str is the plugin's warning that it is not this format
-            fp.seek(0)
-            try:
-                return factory(fp, file)
-            except (SyntaxError, IndexError, TypeError, struct.error):  # not this format after all
-                continue
-    raise UnidentifiedImageError(f"cannot identify image file {file!r}")
-
-
 def _read_image(file: str) -> tuple[str, tuple[int, int], np.ndarray]:
     """An image's mode, size ``(W, H)`` and pixels, ``(H, W)`` for L and ``(H, W, 3)`` for RGB; its
-    size and mode are checked from its header before the pixels are decoded."""
-    with _reading(f"image {file!r}"):
-        fp = open(file, "rb")
-    with fp:
-        with _reading(f"image {file!r}"):
-            im = _open_header(fp, file)
+    size and mode are checked from its header (``Image.open`` decodes nothing) before the pixels are.
+
+    ``Image.open`` itself refuses an image of more than twice PIL's ``Image.MAX_IMAGE_PIXELS`` (and
+    warns above it, a warning silenced here, as genvae's own limit is lower); such an image is
+    refused with genvae's message and PIL's reason.
+    """
+    from PIL import Image
+
+    too_large = f"expected images of at most {MAX_IMAGE_PIXELS:,} pixels (genvae.data.files.MAX_IMAGE_PIXELS), got"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(file)
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{too_large} a larger one in {file!r}: {err}") from None
+    except Exception as err:  # Pillow's errors are of many types (OSError, SyntaxError, ValueError)
+        raise ValueError(f"could not read image {file!r}: {_reason(err)}") from None
+    with im:
         (width, height), mode = im.size, im.mode
         if width * height > MAX_IMAGE_PIXELS:
-            raise ValueError(
-                f"expected images of at most {MAX_IMAGE_PIXELS:,} pixels (genvae.data.files.MAX_IMAGE_PIXELS), "
-                f"got {width} × {height} = {width * height:,} pixels in {file!r}"
-            )
+            raise ValueError(f"{too_large} {width} × {height} = {width * height:,} pixels in {file!r}")
         if mode not in ("L", "RGB"):
             raise ValueError(f"expected grayscale (L) or RGB images, got mode {mode} in {file!r}: convert it")
         with _reading(f"image {file!r}"):
