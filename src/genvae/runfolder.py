@@ -87,6 +87,8 @@ MAX_MANIFEST_BYTES = 2**20
 #: Largest file outside the committed set read by [`read_file`][genvae.runfolder.read_file]: the
 #: JSON records (``config.json``, ``fit.json``, ``metrics.json``, ``eval.json``) take a few KiB.
 MAX_RECORD_BYTES = 16 * 2**20
+#: Largest member read from a folder without a manifest (a model file of any size a machine holds).
+_MAX_PLAIN_MEMBER_BYTES = 2**40
 #: Reads of a set that a writer's commits may restart before a reader gives up (about a second).
 _READ_ATTEMPTS = 40
 _READ_PAUSE_S = 0.025
@@ -349,7 +351,7 @@ def recover(run: str | os.PathLike[str]) -> list[str]:
         raise RuntimeError(f"recover {str(run)!r} without holding its lock")
     manifest = _read_manifest(run)
     for name, entry in (manifest["files"] if manifest else {}).items():
-        staged = _staged(run, _member(run, name).name)
+        staged = _staged(run, name)  # a member's name: _read_manifest refuses any other
         data = _read_if_regular(staged, entry["bytes"])
         if data is not None and _sha256(data) == entry["sha256"]:
             os.replace(staged, run / name)
@@ -450,25 +452,22 @@ def _plain_member(path: Path) -> bytes:
         raise FileNotFoundError(f"expected {str(path)!r} in the run folder, found no such file") from None
 
 
-#: Largest member read from a folder without a manifest (a model file of any size the machine holds).
-_MAX_PLAIN_MEMBER_BYTES = 2**40
-
-
 def _raise_damaged(run: Path, name: str, manifest: dict[str, Any]) -> None:
+    """Raise the error that says why member ``name`` does not match ``manifest``."""
     entry, path = manifest["files"][name], run / name
     try:
-        kind = stat.S_ISREG(os.lstat(path).st_mode)
+        found = os.lstat(path)
     except FileNotFoundError:
-        kind = None
-    if kind is False:  # a link or a folder where the file should be: never followed
-        read_regular(path, entry["bytes"])  # raises its ValueError naming what stands there
+        found = None
+    if found is not None and not stat.S_ISREG(found.st_mode):  # a link or a folder: never followed
+        read_regular(path, entry["bytes"])  # raises the ValueError that names what stands there
     digest = _digest_or_none(path, entry["bytes"])
     if digest is not None:
         got = f"got sha256 {digest[:12]}…"
-    elif kind is None:
+    elif found is None:
         got = "the file is missing"
     else:
-        got = f"got {os.lstat(path).st_size} bytes, not {entry['bytes']}"
+        got = f"got {found.st_size} bytes, not {entry['bytes']}"
     raise ValueError(
         f"{str(path)!r} does not match the run's manifest (epoch {manifest['epoch']}: expected sha256 "
         f"{entry['sha256'][:12]}…, {got}); the file is damaged and no older complete set is kept, so train "
