@@ -6,8 +6,12 @@ Used by tests/test_io.py: whether a crafted file imports a module, and how much 
 its refusal takes, are only measured faithfully in a process that has loaded nothing else. For
 each file the report gives the outcome (``"loaded"`` or the exception's type: even ``SystemExit``
 is caught, so that one file cannot hide the others), the load's wall time, the modules it added
-to ``sys.modules`` and the process's peak resident memory after it; ``rss_before_kib`` is the
-resident memory before the first load (memory figures are None where /proc is missing).
+to ``sys.modules``, and the process's peak resident memory before it (``peak_before_kib``) and
+after it (``peak_kib``); ``rss_before_kib`` is the resident memory before the first load (memory
+figures are None where /proc is missing). Before each load the peak is reset to the resident
+memory, where Linux allows it, so that ``peak_kib - peak_before_kib`` is what that load added at
+its peak; where it does not, ``peak_before_kib`` is the resident memory before the load, and the
+difference an upper bound.
 """
 
 from __future__ import annotations
@@ -38,8 +42,19 @@ def memory_kib(field: str) -> int | None:
     return None
 
 
+def reset_peak() -> bool:
+    """Reset ``VmHWM`` to the resident memory now (``/proc/self/clear_refs``, Linux 4.0 and later)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def try_load(path: str) -> dict[str, Any]:
     modules = set(sys.modules)
+    peak_before = memory_kib("VmHWM") if reset_peak() else memory_kib("VmRSS")
     start = time.perf_counter()
     try:
         genvae.load(path)
@@ -52,6 +67,7 @@ def try_load(path: str) -> dict[str, Any]:
         "message": message,
         "seconds": time.perf_counter() - start,
         "new_modules": sorted(set(sys.modules) - modules),
+        "peak_before_kib": peak_before,
         "peak_kib": memory_kib("VmHWM"),
     }
 

@@ -742,7 +742,7 @@ def test_a_crafted_size_is_refused_in_little_memory_and_time(crafted: dict[str, 
     assert result["seconds"] < MAX_SECONDS
     if result["peak_kib"] is None:
         pytest.skip("peak memory is read from /proc/self/status, which this system lacks")
-    # the peak so far, over the memory resident before the first load: an upper bound for this load
+    # the peak during this load, over the memory resident before the first load: an upper bound
     extra_mib = (result["peak_kib"] - crafted["rss_before_kib"]) / 1024
     print(f"{case}: peak {extra_mib:.1f} MiB over the memory resident before the first load")
     assert extra_mib < MAX_EXTRA_MIB
