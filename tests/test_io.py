@@ -566,6 +566,25 @@ def test_modules_are_refused_for_their_number_only_far_beyond_the_files_tensors(
     assert ("do not match" in str(info.value)) is (layers == 3)
 
 
+@pytest.mark.parametrize("where", ["header", "description"])
+@pytest.mark.parametrize("beyond", [False, True])
+def test_json_is_refused_unparsed_only_beyond_its_count_of_values(tmp_path: Path, where: str, beyond: bool) -> None:
+    limit = genvae.io._MAX_JSON_VALUES
+    values = "[" + ",".join(["0"] * (limit - 1 + beyond)) + "]"  # a list and its items: limit (+ 1) values
+    if where == "header":
+        header = values.encode()
+    else:  # commas escaped in the header's string: only the description has them
+        escaped = json.dumps(values).replace(",", "\\u002c")
+        header = f'{{"__metadata__": {{"{FORMAT_KEY}": {escaped}}}}}'.encode()
+    path = write_layout(tmp_path / "m.safetensors", header)
+    with pytest.raises(ValueError) as info:
+        load(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert (f"at most {limit} values" in message) is beyond
+    assert ("got [0, 0" in message or "header that is [0, 0" in message) is not beyond  # parsed, and refused
+
+
 #: Strings a fuzzed description or header draws from: real class names, forbidden ones, references
 #: and argument names, so that examples reach past the first check.
 WORDS = [

@@ -12,12 +12,15 @@ A model file may come from anyone, so loading trusts nothing in it:
 1. classes are imported only from genvae's part modules (``PART_MODULES``), torch's layer
    modules and the module prefixes the caller trusts; the module is read from the name before
    anything is imported;
-2. the model is built on a budget taken from the file, whose header is read here: the tensors
+2. the header and the description are parsed only if they hold at most ``_MAX_JSON_VALUES``
+   values, counted from their commas, colons and brackets (a value takes up to about 64 bytes
+   once parsed);
+3. the model is built on a budget taken from the file, whose header is read here: the tensors
    its parts create by size (``torch.empty``, ``torch.zeros``...) may take at most twice the bytes
    of the file's tensors plus a fixed allowance, and each is refused before it is allocated; its
    modules, parameters and buffers are counted too, so that a description of a million layers
    stops early;
-3. each tensor of the model is compared with the file's (name, shape, dtype), and only then are
+4. each tensor of the model is compared with the file's (name, shape, dtype), and only then are
    the weights read into it.
 
 Every flaw in a file is a ``ValueError`` that names the file and, for the description, the JSON
@@ -72,6 +75,10 @@ _TORCH_LAYERS = "torch.nn.modules."
 
 #: Largest safetensors header read: a description of thousands of parts takes a fraction of it.
 _MAX_HEADER_BYTES = 16 * 2**20
+#: Most values (numbers, strings, keys, lists, objects) a header or a description may hold, counted
+#: before it is parsed: a description takes about 20 per part and a header about 10 per tensor,
+#: and parsed, this many take at most about 8 MiB of Python objects besides the strings' text.
+_MAX_JSON_VALUES = 2**17
 #: Deepest nesting of objects and lists in a description, far deeper than any model's needs.
 _MAX_DEPTH = 64
 #: Modules, parameters and buffers a description may register while it is built, per tensor in
@@ -227,6 +234,14 @@ def _read(path: Path) -> tuple[bytes, str]:
     return path.read_bytes(), str(path)
 
 
+def _json_values(text: str | bytes) -> int:
+    """At least the number of values in the JSON ``text``: a value is the first, or follows a comma
+    or a colon, or opens a list or an object (those marks within strings count too)."""
+    if isinstance(text, str):
+        return 1 + sum(text.count(mark) for mark in ",:[{")
+    return 1 + sum(text.count(mark) for mark in (b",", b":", b"[", b"{"))
+
+
 def _header(data: bytes, file: str) -> tuple[dict[str, Any], int]:
     """The safetensors header of ``data`` and the offset where the tensors' bytes start.
 
@@ -242,8 +257,15 @@ def _header(data: bytes, file: str) -> tuple[dict[str, Any], int]:
             f"expected a safetensors file at {file!r} with a header of at most {limit} bytes (what follows the "
             f"header length, and at most {_MAX_HEADER_BYTES // 2**20} MiB), got a header length of {size}"
         )
+    text = data[8 : 8 + size]
+    values = _json_values(text)
+    if values > _MAX_JSON_VALUES:
+        raise ValueError(
+            f"expected a safetensors file at {file!r} with a header of at most {_MAX_JSON_VALUES} values "
+            f"(counted as its commas, colons and opening brackets, plus one), got {values}"
+        )
     try:
-        header = json.loads(data[8 : 8 + size])
+        header = json.loads(text)
     except RecursionError:
         raise ValueError(f"expected a safetensors file at {file!r}, got a header nested too deeply to read") from None
     except ValueError as err:
@@ -301,6 +323,12 @@ def _description(header: dict[str, Any], file: str) -> dict[str, Any]:
     text = metadata.get(FORMAT) if isinstance(metadata, dict) else None
     if not isinstance(text, str):
         raise ValueError(f"expected a genvae description in the header of {file!r}, found none")
+    values = _json_values(text)
+    if values > _MAX_JSON_VALUES:
+        raise ValueError(
+            f"expected a description in {file!r} of at most {_MAX_JSON_VALUES} values (counted as its commas, "
+            f"colons and opening brackets, plus one), got {values}"
+        )
     try:
         spec = json.loads(text)
     except RecursionError:
