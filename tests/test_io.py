@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import subprocess
@@ -734,11 +735,28 @@ def crafted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         files.append(folder / f"case{i}.safetensors")
         files[-1].write_bytes(base.read_bytes())
         rewrite(files[-1], edit)
+    return load_in_a_fresh_process(dict(zip(edits, files)))
+
+
+def start_crafted_load(paths: list[Path]) -> subprocess.Popen[str]:
+    """``crafted_load.py`` started on ``paths`` in a fresh process."""
     script = Path(__file__).with_name("crafted_load.py")
-    proc = subprocess.run([sys.executable, str(script), *map(str, files)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout.splitlines()[-1])
-    report["results"] = dict(zip(edits, report["results"]))
+    command = [sys.executable, str(script), *map(str, paths)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def crafted_load_report(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """The report, once it has ended, of a process started by ``start_crafted_load``."""
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    return json.loads(stdout.splitlines()[-1])
+
+
+def load_in_a_fresh_process(files: dict[str, Path]) -> dict[str, Any]:
+    """The report of ``crafted_load.py`` on ``files``, loaded one after the other in one fresh
+    process, with its results keyed as ``files`` is."""
+    report = crafted_load_report(start_crafted_load(list(files.values())))
+    report["results"] = dict(zip(files, report["results"]))
     return report
 
 
@@ -765,3 +783,227 @@ def test_a_crafted_size_is_refused_in_little_memory_and_time(crafted: dict[str, 
     extra_mib = (result["peak_kib"] - crafted["rss_before_kib"]) / 1024
     print(f"{case}: peak {extra_mib:.1f} MiB over the memory resident before the first load")
     assert extra_mib < MAX_EXTRA_MIB
+
+
+# --------------------------------------------------------------------------- what constructors build, counted first
+
+#: Layers copied by torch's TransformerEncoder and TransformerDecoder: 3.0 and 4.0 MiB of weights.
+LAYER_ARGS = {"d_model": 256, "nhead": 1, "dim_feedforward": 1024}
+EMPTY_SEQUENTIAL = {"class": "torch.nn.modules.container.Sequential", "args": {}}
+
+
+def transformer(kind: str, num_layers: int) -> dict[str, Any]:
+    """torch's TransformerEncoder or TransformerDecoder (``kind``) of ``num_layers`` copies of a layer
+    with ``LAYER_ARGS``."""
+    layer = {"class": f"torch.nn.modules.transformer.Transformer{kind}Layer", "args": LAYER_ARGS}
+    args = {f"{kind.lower()}_layer": layer, "num_layers": num_layers}
+    return {"class": f"torch.nn.modules.transformer.Transformer{kind}", "args": args}
+
+
+#: Descriptions in files of 388 bytes to 6.5 MB whose constructors, built without counting them
+#: first, grew memory by 471, 473, 503, 263 and 345 MiB before they were refused: deep copies of a
+#: layer with weights, deep copies of a module without any, and parts built by the description; each
+#: with the number of empty tensors its file holds besides one of 4 bytes (each allows 4 more
+#: modules, parameters and buffers, so that bytes run out first).
+CRAFTED_GROWTH: dict[str, tuple[dict[str, Any], int]] = {
+    "TransformerEncoder of 150 copies of a 3 MiB layer": (transformer("Encoder", 150), 0),
+    "TransformerEncoder of 150 copies of a 3 MiB layer, in a file of 1000 empty tensors": (
+        transformer("Encoder", 150),
+        1000,
+    ),
+    "TransformerDecoder of 120 copies of a 4 MiB layer": (transformer("Decoder", 120), 0),
+    "ModuleList of 100000 activations": (
+        {
+            "class": "torch.nn.modules.container.ModuleList",
+            "args": {"modules": [{"class": "torch.nn.modules.activation.ReLU", "args": {}}] * 100_000},
+        },
+        0,
+    ),
+    "Sequential copied 150000 times": (
+        {
+            "class": "torch.nn.modules.transformer.TransformerEncoder",
+            "args": {"encoder_layer": EMPTY_SEQUENTIAL, "num_layers": 150_000, "enable_nested_tensor": False},
+        },
+        0,
+    ),
+}
+
+
+def described(model: dict[str, Any]) -> str:
+    """The description, as a file holds it, of the part ``model``."""
+    return json.dumps({"format": FORMAT_KEY, "version": 1, "model": model})
+
+
+def one_tensor_file(path: Path, model: dict[str, Any], empty_tensors: int = 0) -> Path:
+    """A file describing ``model`` and holding one tensor of 4 bytes (and ``empty_tensors`` of none):
+    a budget of 16 MiB and 8 bytes."""
+    tensors = {"w": torch.zeros(1), **{f"empty{i}": torch.zeros(0) for i in range(empty_tensors)}}
+    save_file(tensors, str(path), metadata={FORMAT_KEY: described(model)})
+    return path
+
+
+#: The budget of ``one_tensor_file``'s files, in bytes.
+ONE_TENSOR_BUDGET = _CREATED_PER_STORED_BYTE * 4 + _CREATED_ALLOWANCE
+
+
+@pytest.fixture(scope="module")
+def crafted_growth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Each ``CRAFTED_GROWTH`` file loaded in a fresh process of its own (memory that one load frees
+    may stay resident, and hide the next load's growth), all at once: ``crafted_load.py``'s result
+    for each case."""
+    folder = tmp_path_factory.mktemp("crafted-growth")
+    procs = {
+        case: start_crafted_load([one_tensor_file(folder / f"case{i}.safetensors", model, empty)])
+        for i, (case, (model, empty)) in enumerate(CRAFTED_GROWTH.items())
+    }
+    return {case: crafted_load_report(proc)["results"][0] for case, proc in procs.items()}
+
+
+@pytest.mark.parametrize("case", CRAFTED_GROWTH)
+def test_a_crafted_file_is_refused_before_its_parts_grow_beyond_the_budget(
+    crafted_growth: dict[str, dict[str, Any]], case: str
+) -> None:
+    result = crafted_growth[case]
+    assert result["outcome"] == "ValueError", result
+    assert repr(result["file"]) in result["message"], result
+    print(f"{case}: refused after {result['seconds']:.3f} s: {result['message'][:160]}")
+    if result["peak_kib"] is None:
+        pytest.skip("peak memory is read from /proc/self/status, which this system lacks")
+    grown_mib = (result["peak_kib"] - result["peak_before_kib"]) / 1024
+    allowed_mib = ONE_TENSOR_BUDGET / 2**20 + 64
+    print(f"{case}: peak memory grew by {grown_mib:.1f} MiB (at most {allowed_mib:.1f}: the budget plus 64 MiB)")
+    assert grown_mib <= allowed_mib
+
+
+class Counted(nn.Module):
+    """A part without weights that counts the instances made of it, built or deep-copied."""
+
+    made = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        Counted.made += 1
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # how copy.deepcopy fills a copy
+        super().__setstate__(state)
+        Counted.made += 1
+
+
+COUNTED = {"class": f"{Counted.__module__}.Counted", "args": {}}
+#: Modules, parameters and buffers that a file of one tensor allows (4 per tensor, plus 64).
+ONE_TENSOR_OBJECTS = 4 + 64
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"class": "torch.nn.modules.container.ModuleList", "args": {"modules": [COUNTED] * 1000}},
+        {
+            "class": "torch.nn.modules.transformer.TransformerEncoder",
+            "args": {"encoder_layer": COUNTED, "num_layers": 1000, "enable_nested_tensor": False},
+        },
+    ],
+    ids=["parts in a ModuleList", "copies in a TransformerEncoder"],
+)
+def test_modules_without_weights_are_counted_before_they_are_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: dict[str, Any]
+) -> None:
+    monkeypatch.setattr(Counted, "made", 0)
+    path = one_tensor_file(tmp_path / "m.safetensors", model)
+    with pytest.raises(ValueError, match=r"model.* in .*: expected at most \d+ modules, parameters and buffers"):
+        load(path, trusted=(Counted.__module__ + ".",))
+    assert 0 < Counted.made <= ONE_TENSOR_OBJECTS
+    assert "__deepcopy__" not in vars(nn.Module)  # copies are counted only while a file is loaded
+
+
+#: Elements of a float32 tensor of 256 MiB, far beyond the budget of ``one_tensor_file``'s files.
+BIG = 2**26
+
+
+def expanded() -> Tensor:
+    """One element viewed as ``BIG``: it takes 4 bytes, and a copy of it 256 MiB."""
+    return torch.zeros(1).expand(BIG)
+
+
+#: Calls that a part's constructor may make with sizes from its description, each creating a tensor
+#: far larger than anything counted before it (all but the last at once; the last 64 tensors of 1 MiB).
+GROWING_CALLS: dict[str, Callable[[], object]] = {
+    "clone of an expanded view": lambda: expanded().clone(),
+    "torch.clone of an expanded view": lambda: torch.clone(expanded()),
+    "contiguous of an expanded view": lambda: expanded().contiguous(),
+    "empty_like": lambda: torch.empty_like(expanded()),
+    "zeros_like": lambda: torch.zeros_like(expanded()),
+    "ones_like": lambda: torch.ones_like(expanded()),
+    "full_like": lambda: torch.full_like(expanded(), 2.0),
+    "rand_like": lambda: torch.rand_like(expanded()),
+    "randn_like": lambda: torch.randn_like(expanded()),
+    "randint_like": lambda: torch.randint_like(expanded(), 5),
+    "repeat": lambda: torch.zeros(1).repeat(BIG),
+    "tile": lambda: torch.zeros(1).tile((BIG,)),
+    "repeat_interleave": lambda: torch.zeros(1).repeat_interleave(BIG),
+    "repeat_interleave of repeats": lambda: torch.repeat_interleave(torch.tensor([BIG])),
+    "cat": lambda: torch.cat([expanded(), expanded()]),
+    "stack": lambda: torch.stack([expanded(), expanded()]),
+    "tensor of a range": lambda: torch.tensor(range(2**22)),  # 32 MiB of int64
+    "new_tensor of a range": lambda: torch.zeros(1).new_tensor(range(2**22)),
+    "resize_": lambda: torch.zeros(1).resize_(BIG),
+    "normal of a size": lambda: torch.normal(0.0, 1.0, size=(BIG,)),
+    "tril_indices": lambda: torch.tril_indices(2**13, 2**13),
+    "hann_window": lambda: torch.hann_window(BIG),
+    "empty_permuted": lambda: torch.empty_permuted((BIG,), (0,)),
+    "deep copies of a tensor": lambda: [copy.deepcopy(t) for t in [torch.zeros(2**18)] * 64],
+}
+
+
+class Grows(nn.Module):
+    """A part whose constructor makes what ``GROWING_CALLS[call]`` makes."""
+
+    def __init__(self, call: str) -> None:
+        super().__init__()
+        self.call = call
+        self.made = GROWING_CALLS[call]()
+
+
+@pytest.mark.parametrize("call", GROWING_CALLS)
+def test_tensors_a_constructor_makes_from_others_are_counted_before_they_are_made(tmp_path: Path, call: str) -> None:
+    path = one_tensor_file(tmp_path / "m.safetensors", {"class": f"{Grows.__module__}.Grows", "args": {"call": call}})
+    with pytest.raises(ValueError, match=r"model in .*: expected tensors of at most \d+ bytes in all"):
+        load(path, trusted=(Grows.__module__ + ".",))
+
+
+class Clones(nn.Module):
+    """A part holding ``count`` deep copies of ``layer``, as torch's TransformerEncoder does."""
+
+    def __init__(self, layer: nn.Module, count: int) -> None:
+        super().__init__()
+        self.layer, self.count = layer, count
+        self.copies = nn.ModuleList(copy.deepcopy(layer) for _ in range(count))
+
+
+def test_a_model_of_deep_copies_loads_bit_equal(tmp_path: Path) -> None:
+    model = randomise(Clones(mlp_vae(), 3))
+    path = save(model, tmp_path / "m.safetensors")
+    loaded = load(path, trusted=(Clones.__module__ + ".",))
+    assert isinstance(loaded, Clones) and describe(loaded) == describe(model)
+    ref, got = model.state_dict(), loaded.state_dict()
+    assert ref.keys() == got.keys()
+    for key in ref:
+        assert torch.equal(ref[key], got[key]), key
+    assert "__deepcopy__" not in vars(nn.Module)
+
+
+class Normed(nn.Module):
+    """A part whose layer is weight-normalised by a parametrization, which a deep copy must support."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.features = features
+        self.linear = nn.utils.parametrizations.weight_norm(nn.Linear(features, features))
+
+
+def test_a_part_parametrized_while_it_loads_can_be_deep_copied(tmp_path: Path) -> None:
+    model = randomise(Normed(3))
+    loaded = load(save(model, tmp_path / "m.safetensors"), trusted=(Normed.__module__ + ".",))
+    copied = copy.deepcopy(loaded)  # torch gives a parametrized class a deep copy only if modules have none
+    x = torch.rand(2, 3)
+    assert torch.equal(copied.linear(x), model.eval().linear(x))

@@ -15,11 +15,14 @@ A model file may come from anyone, so loading trusts nothing in it:
 2. the header and the description are parsed only if they hold at most ``_MAX_JSON_VALUES``
    values, counted from their commas, colons and brackets (a value takes up to about 64 bytes
    once parsed);
-3. the model is built on a budget taken from the file, whose header is read here: the tensors
-   its parts create by size (``torch.empty``, ``torch.zeros``...) may take at most twice the bytes
-   of the file's tensors plus a fixed allowance, and each is refused before it is allocated; its
-   modules, parameters and buffers are counted too, so that a description of a million layers
-   stops early;
+3. the model is built on a budget taken from the file, whose header is read here, and what its
+   parts create is counted before it is created: the tensors they make by size (``torch.empty``,
+   ``torch.zeros``...), from data (``torch.tensor``) or by copying, repeating or joining tensors
+   (``clone``, ``zeros_like``, ``repeat``, ``torch.cat``...) may take at most twice the bytes of
+   the file's tensors plus a fixed allowance; the modules, parameters and buffers that are built
+   from the description, registered or deep-copied (``TransformerEncoder`` copies its layer
+   ``num_layers`` times) are counted too, each also as ``_OBJECT_BYTES`` bytes, so that a
+   description of a million layers, or of a million copies of one, stops early;
 4. each tensor of the model is compared with the file's (name, shape, dtype), and only then are
    the weights read into it.
 
@@ -29,15 +32,21 @@ path of the flaw (``model.args.encoder.args.hidden[1]``), with what was expected
 
 from __future__ import annotations
 
+import copy
+import copyreg
 import importlib
 import inspect
 import json
 import math
+import operator
 import os
 import reprlib
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from types import MethodType
 from typing import Any, NamedTuple
 
 import torch
@@ -81,17 +90,20 @@ _MAX_HEADER_BYTES = 16 * 2**20
 _MAX_JSON_VALUES = 2**17
 #: Deepest nesting of objects and lists in a description, far deeper than any model's needs.
 _MAX_DEPTH = 64
-#: Modules, parameters and buffers a description may register while it is built, per tensor in
-#: the file, plus a constant: a layer registers itself and its weight and bias, and parts without
-#: weights (activations, a fixed prior) need the constant.
+#: Modules, parameters and buffers a description may build, register or copy while it is built,
+#: per tensor in the file, plus a constant: a layer registers itself and its weight and bias, and
+#: parts without weights (activations, a fixed prior) need the constant.
 _REGISTRATIONS_PER_TENSOR = 4
 _REGISTRATIONS_BASE = 64
-#: Bytes that the tensors created by size while a description is built may take, as a multiple
-#: of the bytes of the file's tensors, plus a constant: each weight is created once, and buffers
-#: the file does not hold (a fixed prior's mean, a fixed σ, sized by the description alone) and
-#: weights stored in a narrower dtype than the model's take the rest.
+#: Bytes that the tensors created while a description is built may take, as a multiple of the
+#: bytes of the file's tensors, plus a constant: each weight is created once, and buffers the file
+#: does not hold (a fixed prior's mean, a fixed σ, sized by the description alone) and weights
+#: stored in a narrower dtype than the model's take the rest.
 _CREATED_PER_STORED_BYTE = 2
 _CREATED_ALLOWANCE = 16 * 2**20
+#: Bytes counted for each module, parameter or buffer besides its tensor's bytes: a module takes
+#: about 2 KiB of Python objects even without weights (an activation, a copy of one).
+_OBJECT_BYTES = 2048
 
 #: safetensors dtype names read from a header.
 _DTYPES = {
@@ -107,13 +119,13 @@ _DTYPES = {
     "BOOL": torch.bool,
 }
 
-#: Tensor factories given a size, counted against the budget of a build. Tensors made from data
-#: (``torch.tensor(data_shape)``) are as large as data in the description; tensors computed from
-#: others (``0.1 * torch.randn(...)``) as large as what they are computed from.
-_SIZED_FACTORIES = frozenset(
+#: Tensor factories given a size; what each makes is measured by repeating the call on the meta
+#: device, where nothing is allocated.
+_SIZED_FACTORIES: frozenset[Callable[..., Any]] = frozenset(
     {
         torch.empty,
         torch.empty_strided,
+        torch.empty_permuted,
         torch.zeros,
         torch.ones,
         torch.full,
@@ -122,10 +134,17 @@ _SIZED_FACTORIES = frozenset(
         torch.randint,
         torch.randperm,
         torch.arange,
+        torch.range,
         torch.linspace,
         torch.logspace,
         torch.eye,
+        torch.bartlett_window,
+        torch.blackman_window,
+        torch.hamming_window,
+        torch.hann_window,
+        torch.kaiser_window,
         torch.Tensor.new_empty,
+        torch.Tensor.new_empty_strided,
         torch.Tensor.new_zeros,
         torch.Tensor.new_ones,
         torch.Tensor.new_full,
@@ -134,6 +153,40 @@ _SIZED_FACTORIES = frozenset(
 #: Arguments of a factory that do not change the size of what it makes, dropped when the call is
 #: repeated on the meta device to learn that size.
 _PLACEMENT_ARGS = ("device", "generator", "out", "pin_memory", "requires_grad")
+#: Factories of a tensor shaped like another: as many elements as it, an expanded view's too.
+_LIKE_FACTORIES: frozenset[Callable[..., Any]] = frozenset(
+    {
+        torch.empty_like,
+        torch.zeros_like,
+        torch.ones_like,
+        torch.full_like,
+        torch.rand_like,
+        torch.randn_like,
+        torch.randint_like,
+    }
+)
+#: Tensors made from data: nested lists or tuples, a range, another tensor.
+_FROM_DATA: frozenset[Callable[..., Any]] = frozenset(
+    {torch.tensor, torch.as_tensor, torch.asarray, torch.Tensor.new_tensor}
+)
+#: Tensors made by repeating one as a whole (``repeat(*sizes)``, ``tile(dims)``).
+_REPEATS: frozenset[Callable[..., Any]] = frozenset({torch.Tensor.repeat, torch.Tensor.tile, torch.tile})
+#: Tensors made by repeating each element of one.
+_INTERLEAVES: frozenset[Callable[..., Any]] = frozenset({torch.Tensor.repeat_interleave, torch.repeat_interleave})
+#: Tensors joined from a sequence of others.
+_JOINS: frozenset[Callable[..., Any]] = frozenset(
+    {
+        torch.cat,
+        torch.concat,
+        torch.concatenate,
+        torch.stack,
+        torch.hstack,
+        torch.vstack,
+        torch.dstack,
+        torch.column_stack,
+        torch.row_stack,
+    }
+)
 
 _show = reprlib.Repr()
 _show.maxstring = _show.maxother = 80
@@ -381,8 +434,8 @@ class _OverBudget(Exception):
 class _Rebuild:
     """One rebuild of a description: imports only allowed classes; errors name the JSON path."""
 
-    def __init__(self, file: str, trusted: tuple[str, ...]) -> None:
-        self.file, self.trusted = file, trusted
+    def __init__(self, file: str, trusted: tuple[str, ...], budget: _Budget) -> None:
+        self.file, self.trusted, self.budget = file, trusted, budget
         self.built: dict[str, nn.Module] = {}  # reference ("model.encoder") -> part
 
     def error(self, where: str, expected: str, got: str) -> ValueError:
@@ -435,6 +488,7 @@ class _Rebuild:
             name: self.value(v, f"{where}.args.{name}", f"{ref}.{name}", depth + 2) for name, v in spec["args"].items()
         }
         try:
+            self.budget.spend(objects=1)  # before it is built: a part without weights registers nothing
             part = cls(**args)
         except _OverBudget as err:
             raise self.error(where, err.expected, f"{_qualname(cls)} asking for more") from None
@@ -473,6 +527,49 @@ class _Rebuild:
         return cls
 
 
+class _Budget:
+    """What building a description may create, taken from its file: bytes of tensors, and modules,
+    parameters and buffers (objects, each also counted as ``_OBJECT_BYTES`` bytes).
+
+    ``spend`` raises ``_OverBudget`` once either runs out; its callers count what is about to be
+    created wherever it can be counted before it is.
+    """
+
+    def __init__(self, stored: dict[str, _Stored]) -> None:
+        stored_bytes = sum(tensor.nbytes for tensor in stored.values())
+        self.max_bytes = _CREATED_PER_STORED_BYTE * stored_bytes + _CREATED_ALLOWANCE
+        self.max_objects = _REGISTRATIONS_PER_TENSOR * len(stored) + _REGISTRATIONS_BASE
+        self.bytes = self.objects = 0
+        self.bytes_expected = (
+            f"tensors of at most {self.max_bytes} bytes in all ({_CREATED_PER_STORED_BYTE} times the file's "
+            f"{stored_bytes} bytes of tensors, plus {_CREATED_ALLOWANCE}; each module, parameter and buffer "
+            f"counted as {_OBJECT_BYTES} bytes more)"
+        )
+        self.objects_expected = (
+            f"at most {self.max_objects} modules, parameters and buffers in all ({_REGISTRATIONS_PER_TENSOR} per "
+            f"tensor in the file, plus {_REGISTRATIONS_BASE}; each built, registered or copied counted once)"
+        )
+
+    def spend(self, nbytes: int = 0, objects: int = 0) -> None:
+        self.objects += objects
+        self.bytes += nbytes + objects * _OBJECT_BYTES
+        if self.objects > self.max_objects:
+            raise _OverBudget(self.objects_expected)
+        if self.bytes > self.max_bytes:
+            raise _OverBudget(self.bytes_expected)
+
+
+#: The budget of the build under way in this thread, if any. The hooks that count registrations and
+#: copies of modules are global (torch holds them for every thread); they count only what the
+#: building thread makes.
+_ACTIVE: ContextVar[_Budget | None] = ContextVar("genvae_io_budget", default=None)
+
+
+# How many bytes a call creates, measured before the call from its arguments; each measure takes
+# the function, its positional and its keyword arguments.
+_Measure = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], int]
+
+
 def _created_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     """The bytes the factory call ``func(*args, **kwargs)`` would allocate, learnt by repeating it on
     the meta device, where nothing is allocated.
@@ -485,37 +582,167 @@ def _created_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
     return probe(*args, **kept, device="meta").untyped_storage().nbytes()
 
 
-class _SizeBudget(TorchFunctionMode):
-    """Refuse a tensor created by size, before it is allocated, once the bytes so created would
-    exceed ``limit``."""
+def _source(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """The tensor a call works on: its first argument, or ``input``."""
+    return args[0] if args else kwargs["input"]
 
-    def __init__(self, limit: int, expected: str) -> None:
+
+def _elements_bytes(tensor: torch.Tensor) -> int:
+    """The bytes of a copy of ``tensor``'s elements: an expanded view's every element included."""
+    return tensor.numel() * tensor.element_size()
+
+
+def _counts(values: tuple[Any, ...]) -> tuple[int, ...]:
+    """The counts given as ``f(2, 3)`` or ``f((2, 3))`` (``repeat``, ``resize_``), negatives as 0."""
+    if len(values) == 1 and isinstance(values[0], (list, tuple)):
+        values = tuple(values[0])
+    return tuple(max(0, operator.index(value)) for value in values)
+
+
+def _like_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    source = _source(args, kwargs)
+    return source.numel() * (kwargs.get("dtype") or source.dtype).itemsize
+
+
+def _copy_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    return _elements_bytes(_source(args, kwargs))
+
+
+def _contiguous_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    layout = args[1] if len(args) > 1 else kwargs.get("memory_format", torch.contiguous_format)
+    return 0 if args[0].is_contiguous(memory_format=layout) else _elements_bytes(args[0])
+
+
+def _deepcopy_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """``Tensor.__deepcopy__`` copies the whole storage of a view."""
+    tensor = args[0]
+    return tensor.untyped_storage().nbytes() if tensor.layout == torch.strided else _elements_bytes(tensor)
+
+
+def _elements(data: Any) -> int:
+    """The elements of a tensor made from ``data``: a tensor, nested lists or tuples, a range."""
+    if isinstance(data, torch.Tensor):
+        return data.numel()
+    if isinstance(data, (list, tuple)):
+        return sum(_elements(item) for item in data)
+    return len(data) if isinstance(data, range) else 1
+
+
+def _data_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """A tensor made from data takes at most 8 bytes an element (int64, float64) unless a dtype or
+    the data's own says otherwise."""
+    if func is torch.Tensor.new_tensor:
+        data = args[1] if len(args) > 1 else kwargs["data"]
+    else:
+        data = args[0] if args else kwargs.get("data", kwargs.get("obj"))
+    dtype = next((value for value in (*args[1:], *kwargs.values()) if isinstance(value, torch.dtype)), None)
+    itemsize = dtype.itemsize if dtype else data.element_size() if isinstance(data, torch.Tensor) else 8
+    return _elements(data) * itemsize
+
+
+def _repeat_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    times = args[1:] if len(args) > 1 else (kwargs.get("repeats", kwargs.get("dims", ())),)
+    return _elements_bytes(_source(args, kwargs)) * math.prod(_counts(times))
+
+
+def _interleave_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """At most the elements of the source times its largest repeat; ``repeat_interleave(repeats)``
+    makes int64 indices, each repeated."""
+    source = _source(args, kwargs)
+    repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
+    itemsize = source.element_size() if repeats is not None else 8
+    repeats = source if repeats is None else repeats
+    if isinstance(repeats, torch.Tensor):
+        most = int(repeats.max()) if repeats.numel() else 0
+    else:
+        most = operator.index(repeats)
+    return source.numel() * max(0, most) * itemsize
+
+
+def _join_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    tensors = [t for t in (args[0] if args else kwargs["tensors"]) if isinstance(t, torch.Tensor)]
+    return sum(t.numel() for t in tensors) * max((t.element_size() for t in tensors), default=0)
+
+
+def _resize_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """``resize_`` grows the storage in place, to the new size past the view's offset."""
+    tensor = args[0]
+    wanted = (tensor.storage_offset() + math.prod(_counts(args[1:]))) * tensor.element_size()
+    return max(0, wanted - tensor.untyped_storage().nbytes())
+
+
+def _indices_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """``tril_indices(rows, cols)``: at most two indices of each of rows × cols elements (measured
+    here: on the meta device it would load torch's compiler)."""
+    rows = args[0] if args else kwargs["row"]
+    cols = args[1] if len(args) > 1 else kwargs["col"]
+    dtype = kwargs.get("dtype") or torch.int64
+    return 2 * math.prod(_counts((rows, cols))) * dtype.itemsize
+
+
+def _normal_bytes(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """``torch.normal(mean, std, size)`` makes a tensor of ``size``; from tensors of means and
+    deviations, one as large as they are, which is not counted (see ``_SizeBudget``)."""
+    size = args[2] if len(args) > 2 else kwargs.get("size")
+    if size is None:
+        return 0
+    return _created_bytes(torch.empty, (size,), {"dtype": kwargs.get("dtype")})
+
+
+#: The calls counted by ``_SizeBudget``, and how many bytes each would create.
+_MEASURES: dict[Callable[..., Any], _Measure] = {
+    **dict.fromkeys(_SIZED_FACTORIES, _created_bytes),
+    **dict.fromkeys(_LIKE_FACTORIES, _like_bytes),
+    **dict.fromkeys(_FROM_DATA, _data_bytes),
+    **dict.fromkeys(_REPEATS, _repeat_bytes),
+    **dict.fromkeys(_INTERLEAVES, _interleave_bytes),
+    **dict.fromkeys(_JOINS, _join_bytes),
+    torch.Tensor.clone: _copy_bytes,
+    torch.clone: _copy_bytes,
+    torch.Tensor.__deepcopy__: _deepcopy_bytes,
+    torch.Tensor.contiguous: _contiguous_bytes,
+    torch.Tensor.resize_: _resize_bytes,
+    torch.tril_indices: _indices_bytes,
+    torch.triu_indices: _indices_bytes,
+    torch.normal: _normal_bytes,
+}
+#: Calls that copy one tensor: a deep copy of a module clones its parameters and copies its buffers
+#: without registering them, so each copy is counted as one more tensor too.
+_TENSOR_COPIES: frozenset[Callable[..., Any]] = frozenset({torch.Tensor.clone, torch.clone, torch.Tensor.__deepcopy__})
+
+
+class _SizeBudget(TorchFunctionMode):
+    """Count the bytes of each tensor that a counted call (``_MEASURES``) would create against
+    ``budget``, before the call, and each copy of a tensor as one more object.
+
+    Tensors computed from others by arithmetic (``0.1 * torch.randn(...)``, a mask compared from two
+    ranges) are not counted: in genvae's parts and torch's layers they are no larger than the
+    tensors they are computed from, or than a weight counted before them (IAF's masks, the size of
+    the layers they mask).
+    """
+
+    def __init__(self, budget: _Budget) -> None:
         super().__init__()
-        self.limit, self.expected, self.created = limit, expected, 0
+        self.budget = budget
 
     def __torch_function__(
         self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        if func in _SIZED_FACTORIES:
-            self.created += _created_bytes(func, args, kwargs)
-            if self.created > self.limit:
-                raise _OverBudget(self.expected)
+        measure = _MEASURES.get(func)
+        if measure is not None:
+            self.budget.spend(measure(func, args, kwargs), objects=int(func in _TENSOR_COPIES))
         return func(*args, **kwargs)
 
 
 @contextmanager
-def _registration_limit(limit: int, expected: str) -> Iterator[None]:
-    """Raise ``_OverBudget`` once more than ``limit`` modules, parameters and buffers have been
-    registered in the block. The hooks are global: modules built by other threads meanwhile count
-    too."""
-    count = 0
+def _registration_limit(budget: _Budget) -> Iterator[None]:
+    """Count each module, parameter and buffer registered in the block by this thread against
+    ``budget``, once it is registered."""
 
     def count_one(module: nn.Module, name: str, value: object) -> None:
-        nonlocal count
-        count += 1
-        if count > limit:
-            raise _OverBudget(expected)
+        if _ACTIVE.get() is budget:
+            budget.spend(objects=1)
 
     registers = (
         register_module_module_registration_hook,
@@ -530,21 +757,78 @@ def _registration_limit(limit: int, expected: str) -> Iterator[None]:
             handle.remove()
 
 
+#: The attribute of ``nn.Module`` that ``copy.deepcopy`` calls; torch defines none so far.
+_DEEPCOPY = "__deepcopy__"
+#: ``nn.Module.__deepcopy__`` as torch defines it, if it does; how many builds are under way.
+_module_deepcopy: Callable[[nn.Module, dict[int, Any]], Any] | None = None
+_copying_builds = 0
+_copying_lock = threading.Lock()
+
+
+def _counted_deepcopy(module: nn.Module, memo: dict[int, Any]) -> Any:
+    """``copy.deepcopy(module)``, counted first as one more module against the building thread's
+    budget (its tensors are counted as ``_SizeBudget`` sees them copied)."""
+    budget = _ACTIVE.get()
+    if budget is not None:
+        budget.spend(objects=1)
+    if _module_deepcopy is not None:
+        return _module_deepcopy(module, memo)
+    # as copy.deepcopy copies an object whose class defines no __deepcopy__
+    reductor = copyreg.dispatch_table.get(type(module))
+    reduced = reductor(module) if reductor is not None else module.__reduce_ex__(4)
+    if isinstance(reduced, str):
+        return module
+    return copy._reconstruct(module, memo, *reduced)  # type: ignore[attr-defined]
+
+
+class _CountedDeepcopy:
+    """``nn.Module.__deepcopy__`` while builds are under way: ``_counted_deepcopy`` bound to a module,
+    where ``copy.deepcopy`` looks for it, but absent from the classes, where torch's
+    ``register_parametrization`` looks (finding one, it would not give the classes it makes the
+    deep copy they need)."""
+
+    def __get__(self, module: nn.Module | None, owner: type | None = None) -> Callable[[dict[int, Any]], Any]:
+        if module is None:
+            raise AttributeError(_DEEPCOPY)
+        return MethodType(_counted_deepcopy, module)
+
+
+@contextmanager
+def _counting_module_copies() -> Iterator[None]:
+    """Count every module deep-copied by the building thread in the block, before it is copied.
+
+    A deep copy registers nothing (``TransformerEncoder`` copies its layer ``num_layers`` times
+    before it registers any copy), and ``copy.deepcopy`` has no hook, so modules have a
+    ``__deepcopy__`` (``_CountedDeepcopy``) while any build is under way; other threads' copies are
+    made as before, and not counted.
+    """
+    global _module_deepcopy, _copying_builds
+    with _copying_lock:
+        if _copying_builds == 0:
+            _module_deepcopy = vars(nn.Module).get(_DEEPCOPY)
+            setattr(nn.Module, _DEEPCOPY, _CountedDeepcopy())
+        _copying_builds += 1
+    try:
+        yield
+    finally:
+        with _copying_lock:
+            _copying_builds -= 1
+            if _copying_builds == 0:
+                if _module_deepcopy is None:
+                    delattr(nn.Module, _DEEPCOPY)
+                else:
+                    setattr(nn.Module, _DEEPCOPY, _module_deepcopy)
+
+
 def _build(spec: Any, stored: dict[str, _Stored], file: str, trusted: tuple[str, ...]) -> nn.Module:
     """The model ``spec`` describes, built on a budget of memory and modules taken from the file."""
-    stored_bytes = sum(tensor.nbytes for tensor in stored.values())
-    max_bytes = _CREATED_PER_STORED_BYTE * stored_bytes + _CREATED_ALLOWANCE
-    max_registered = _REGISTRATIONS_PER_TENSOR * len(stored) + _REGISTRATIONS_BASE
-    bytes_expected = (
-        f"tensors of at most {max_bytes} bytes in all ({_CREATED_PER_STORED_BYTE} times the file's {stored_bytes} "
-        f"bytes of tensors, plus {_CREATED_ALLOWANCE})"
-    )
-    registered_expected = (
-        f"at most {max_registered} modules, parameters and buffers in all ({_REGISTRATIONS_PER_TENSOR} per "
-        f"tensor in the file, plus {_REGISTRATIONS_BASE})"
-    )
-    with _SizeBudget(max_bytes, bytes_expected), _registration_limit(max_registered, registered_expected):
-        return _Rebuild(file, trusted).model(spec)
+    budget = _Budget(stored)
+    active = _ACTIVE.set(budget)
+    try:
+        with _SizeBudget(budget), _registration_limit(budget), _counting_module_copies():
+            return _Rebuild(file, trusted, budget).model(spec)
+    finally:
+        _ACTIVE.reset(active)
 
 
 # --------------------------------------------------------------------------- checking the tensors
