@@ -36,6 +36,7 @@ import copy
 import copyreg
 import importlib
 import inspect
+import itertools
 import json
 import math
 import operator
@@ -59,6 +60,7 @@ from torch.nn.modules.module import (
     register_module_module_registration_hook,
     register_module_parameter_registration_hook,
 )
+from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
 from ._files import atomic_path
@@ -445,7 +447,12 @@ class _Rebuild:
         """The model that ``spec`` (the description's ``"model"``) describes."""
         if not (isinstance(spec, dict) and "class" in spec):
             raise self.error("model", 'a part {"class": ..., "args": {...}}', _show.repr(spec))
-        return self.value(spec, "model", "model", 2)
+        model = self.value(spec, "model", "model", 2)
+        tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+        lazy = next((name for name, tensor in tensors if is_lazy(tensor)), None)
+        if lazy is not None:  # its size is unknown until a forward pass: it cannot be compared with the file's
+            raise self.error("model", "tensors that all have a size (no lazy module)", f"{lazy!r} uninitialized")
+        return model
 
     def value(self, spec: Any, where: str, ref: str, depth: int) -> Any:
         """The value ``spec`` describes, found at JSON path ``where``, ``depth`` levels deep.
