@@ -470,10 +470,6 @@ MALFORMED_DESCRIPTIONS: dict[str, tuple[Callable[[Path], Path], str]] = {
         "model.args.encoder.args.hidden[1]",
     ),
     "a model that is not a part": (edited(lambda s: s.update(model=[1])), "model"),
-    "a lazy module, whose weights have no size": (
-        edited(lambda s: s.update(model={"class": "torch.nn.modules.linear.LazyLinear", "args": {"out_features": 3}})),
-        "model",
-    ),
     "nesting beyond the limit": (
         edited(lambda s: encoder_args(s).update(hidden=nested(100, 8))),
         "model.args.encoder.args.hidden" + "[0]" * (_MAX_DEPTH + 1 - HIDDEN_DEPTH),
@@ -506,6 +502,10 @@ MALFORMED_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
         "of 800 bytes",
     ),
     "a truncated file": (truncated, "within the"),
+    "a lazy module, whose weights have no size": (
+        edited(lambda s: s.update(model={"class": "torch.nn.modules.linear.LazyLinear", "args": {"out_features": 3}})),
+        "expected a tensor 'weight' of a known size, got a lazy module's",
+    ),
 }
 
 

@@ -36,7 +36,6 @@ import copy
 import copyreg
 import importlib
 import inspect
-import itertools
 import json
 import math
 import operator
@@ -447,12 +446,7 @@ class _Rebuild:
         """The model that ``spec`` (the description's ``"model"``) describes."""
         if not (isinstance(spec, dict) and "class" in spec):
             raise self.error("model", 'a part {"class": ..., "args": {...}}', _show.repr(spec))
-        model = self.value(spec, "model", "model", 2)
-        tensors = itertools.chain(model.named_parameters(), model.named_buffers())
-        lazy = next((name for name, tensor in tensors if is_lazy(tensor)), None)
-        if lazy is not None:  # its size is unknown until a forward pass: it cannot be compared with the file's
-            raise self.error("model", "tensors that all have a size (no lazy module)", f"{lazy!r} uninitialized")
-        return model
+        return self.value(spec, "model", "model", 2)
 
     def value(self, spec: Any, where: str, ref: str, depth: int) -> Any:
         """The value ``spec`` describes, found at JSON path ``where``, ``depth`` levels deep.
@@ -865,6 +859,11 @@ def _check_tensors(model: nn.Module, stored: dict[str, _Stored], file: str) -> d
     mismatch = f"the weights in {file!r} do not match their description"
     aliases, known = {}, set()
     for tensor, names in _shared_names(model):
+        if is_lazy(tensor):
+            raise ValueError(
+                f"{mismatch}: expected a tensor {names[0]!r} of a known size, got a lazy module's, "
+                "whose size is unknown until it is run"
+            )
         known.update(names)
         found = [name for name in names if name in stored]
         if not found:
