@@ -64,12 +64,13 @@ TEST_ONE_IN = 10
 #: Seed of the permutation that draws the held-out samples: fixed, so the split of a file is the
 #: same in every run, whatever the binarization seed.
 SPLIT_SEED = 0
-#: The most pixels (width × height) one image of a folder may have: 4096 × 4096, 48 MiB decoded as
-#: RGB, far above the sizes VAEs train on. An image's size is read from its header and checked
-#: before its pixels are decoded, so a small file that declares a huge image (a decompression bomb)
-#: is refused, naming it, without being decoded. PIL's own global limit, ``PIL.Image.MAX_IMAGE_PIXELS``,
-#: is neither relied on nor changed.
 MAX_IMAGE_PIXELS = 4096 * 4096
+"""The most pixels (width × height) one image of a folder may have: 4096 × 4096, 48 MiB decoded as
+RGB, far above the sizes VAEs train on. An image's size is read from its header and checked
+before its pixels are decoded, so a small file that declares a huge image (a decompression bomb)
+is refused, naming it, without being decoded. PIL's own global limit,
+``PIL.Image.MAX_IMAGE_PIXELS``, is left as it is (an image beyond twice it is refused by PIL
+first, with genvae's message)."""
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
 _NPY_MAGIC = (b"\x93NUMPY",)
