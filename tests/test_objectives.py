@@ -178,6 +178,24 @@ def test_free_bits_give_no_gradient_to_a_dimension_under_its_floor() -> None:
     torch.testing.assert_close(FreeBits(0.0)(terms).loss, ELBO()(terms).loss)
 
 
+def test_free_bits_floors_the_batch_mean_of_a_dimension_not_each_example() -> None:
+    """Examples on both sides of λ = 0.5 in each dimension, KL = ½ μ² per example (unit variances):
+    dimension 0 has KLs 0.02 and 1.28, mean 0.65 over λ, so it counts 0.65 and both examples get
+    its gradient μ / B; dimension 1 has 0.005 and 0.72, mean 0.3625 under λ, so it counts λ and gives
+    no gradient to either. A floor per example would count 0.89 and 0.61, and pass a gradient to the
+    second example of dimension 1."""
+    loc = torch.tensor([[0.2, 0.1], [1.6, 1.2]], dtype=F64, requires_grad=True)  # (B, D)
+    q = Independent(Normal(loc, torch.ones_like(loc)), 1)
+    p = Independent(Normal(torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64)), 1)
+    terms = Terms(torch.zeros(3, 2, dtype=F64), (LatentLayer(q, p, q.rsample((3,))),))  # k = 3 draws
+    out = FreeBits(0.5, beta=2.0, k=3)(terms)
+    torch.testing.assert_close(out.loss, torch.tensor(2.0 * (0.65 + 0.5), dtype=F64))
+    (grad,) = torch.autograd.grad(out.loss, loc)
+    expected = torch.tensor([[2.0 * 0.2 / 2, 0.0], [2.0 * 1.6 / 2, 0.0]], dtype=F64)  # β μ / B, then 0
+    torch.testing.assert_close(grad, expected)
+    torch.testing.assert_close(out.bound, -torch.tensor([0.02 + 0.005, 1.28 + 0.72], dtype=F64))
+
+
 def test_free_bits_needs_a_kl_per_dimension() -> None:
     model = VAE(MLPEncoder((6,), 2), MLPDecoder(2, (6,)), Bernoulli(), MixtureOfGaussians(2, 3))
     with pytest.raises(ValueError, match="factorise over latent dimensions"):
