@@ -253,10 +253,12 @@ def test_non_positive_interpolation_steps() -> None:
         vae().interpolate(x, x, steps=0)
 
 
-def test_gaussian_with_an_int_shape_is_accepted_or_named() -> None:
-    try:
-        lik = Gaussian(1.0, learned=True, shape=4)  # type: ignore[arg-type]
-    except TypeError as err:
-        assert "shape" in str(err)
-    else:
-        assert lik.scale().shape == (4,)
+def test_gaussian_with_an_int_shape_is_the_one_dimensional_shape() -> None:
+    """An int shape is a 1-tuple, as every shape argument in genvae takes it (``shape_tuple``)."""
+    from_int = Gaussian(2.0, learned=True, shape=4, event_dims=1)  # type: ignore[arg-type]
+    from_tuple = Gaussian(2.0, learned=True, shape=(4,), event_dims=1)
+    assert from_int.shape == (4,) and from_int.scale().shape == (4,)
+    x, mean = torch.rand(3, 4), torch.rand(3, 4)
+    torch.testing.assert_close(from_int(mean).log_prob(x), from_tuple(mean).log_prob(x))
+    with pytest.raises(TypeError, match="expected shape to be a non-empty tuple of positive ints, got '4'"):
+        Gaussian(1.0, learned=True, shape="4")  # type: ignore[arg-type]
