@@ -38,3 +38,9 @@ dist: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info
+
+# Mutation testing of the mathematical core (slow, not in CI): one mutant at a time, each against
+# the tests mapped to its module; writes benchmarks/results/mutation.json.
+.PHONY: mutate
+mutate: $(STAMP)
+	$(PY) benchmarks/mutate.py --sample 8 --seed 0
