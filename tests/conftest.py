@@ -1,8 +1,11 @@
-"""Shared fixtures: a small synthetic labelled image set (bars at class-dependent positions)."""
+"""Shared fixtures: a small synthetic labelled image set (bars at class-dependent positions); tests
+marked ``mnist`` skip, with the reason, where MNIST is neither on disk nor fetchable."""
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -26,6 +29,28 @@ OBJECTIVES = {
     "stl": lambda: STL(),
     "free-bits-cyclical": lambda: FreeBits(0.1, beta=Cyclical(1.0, period=4)),
 }
+
+
+@functools.cache
+def mnist_missing() -> str | None:
+    """None where MNIST is on disk (under ``$GENVAE_DATA``, else ``~/.cache/genvae``) or could be
+    fetched now, else why not. Asked once per process, and only when an ``mnist`` test runs."""
+    from genvae.data import cache_dir, fetch_mnist
+
+    try:
+        fetch_mnist()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return f"MNIST is not in {cache_dir() / 'MNIST' / 'raw'} and could not be fetched: {reason}"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip an ``mnist`` test before its fixtures are built where the data cannot be had."""
+    if item.get_closest_marker("mnist") is not None and (reason := mnist_missing()) is not None:
+        pytest.skip(reason)
+
 
 BARS_SHAPE = (1, 12, 12)
 BARS_CLASSES = 10
