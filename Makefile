@@ -19,8 +19,13 @@ demo: $(STAMP)
 	@echo "run folder: runs/demo (samples.png, reconstructions.png, loss.png, metrics.json)"
 	@echo "next: source .venv/bin/activate, then genvae info runs/demo"
 
-# One pytest worker per core (pytest-xdist), tests handed out one by one.
+# One pytest worker per core (pytest-xdist), tests handed out one by one. `make test` leaves out the
+# tests marked slow (example scripts, inductor, DDP, the wheel: minutes); `make test-all` runs them too.
 test: $(STAMP)
+	$(PY) -m pytest -q -n auto -m "not slow"
+
+.PHONY: test-all
+test-all: $(STAMP)
 	$(PY) -m pytest -q -n auto
 
 lint: $(STAMP)
