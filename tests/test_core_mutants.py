@@ -231,6 +231,28 @@ def test_an_iw_summary_reads_as_its_nll() -> None:
     assert str(summary) == "IW-NLL (K=100) 91.25 ± 0.50 nats (7 examples)"
 
 
+def test_evaluate_elbo_reports_means_over_examples_whatever_the_batch_size() -> None:
+    from genvae import VAE
+    from genvae.likelihoods import Bernoulli
+    from genvae.metrics.likelihood import evaluate_elbo, evaluate_iw_nll
+    from genvae.nets import MLPDecoder, MLPEncoder
+    from genvae.priors import StandardNormal
+
+    torch.manual_seed(0)
+    model = VAE(MLPEncoder((6,), 2), MLPDecoder(2, (6,)), Bernoulli(), StandardNormal(2))
+    x = torch.rand(7, 6).round()
+    with torch.no_grad():
+        q = model.encode(x)
+        kl = torch_kl(q, gaussian(torch.zeros(2), torch.ones(2))).double().mean()  # closed form: no draws
+    for batch_size in (3, 7):
+        summary = evaluate_elbo(model, x, batch_size=batch_size)
+        assert summary.num_examples == 7
+        assert summary.kl == pytest.approx(float(kl), rel=1e-5)
+        assert summary.loss == pytest.approx(summary.kl - summary.log_likelihood, rel=1e-5)
+    one = evaluate_iw_nll(model, x[:1], 3)
+    assert one.num_examples == 1 and math.isnan(one.stderr) and math.isfinite(one.nll)
+
+
 # ------------------------------------------------------------------ flows.py
 
 
@@ -312,8 +334,9 @@ def test_a_flow_mean_is_the_base_mean_pushed_through_the_steps_and_keeps_the_dra
 def test_kl_on_draws_is_its_base_under_another_type() -> None:
     from genvae.hierarchy import KLOnDraws, _kl_on_draws, _merge
 
-    base = Normal(torch.randn(3, 2, dtype=F64), torch.rand(3, 2, dtype=F64) + 0.5)
+    base = Normal(torch.randn(3, 2, dtype=F64, requires_grad=True), torch.rand(3, 2, dtype=F64) + 0.5)
     wrapped = KLOnDraws(base)
+    assert wrapped.rsample().requires_grad and not wrapped.sample().requires_grad
     z = torch.randn(3, 2, dtype=F64)
     torch.testing.assert_close(wrapped.log_prob(z), base.log_prob(z))
     torch.testing.assert_close(wrapped.mean, base.mean)
