@@ -141,7 +141,7 @@ class Gaussian(nn.Module):
         sigma: float = 1.0,
         *,
         learned: bool = False,
-        shape: tuple[int, ...] = (),
+        shape: int | tuple[int, ...] = (),
         min_sigma: float = 1e-2,
         event_dims: int | None = None,
     ) -> None:
