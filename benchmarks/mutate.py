@@ -11,6 +11,12 @@ reason).
     python benchmarks/mutate.py                      every module; writes benchmarks/results/mutation.json
     python benchmarks/mutate.py --module kl.py       one module (the record is not written)
     python benchmarks/mutate.py --list               the mutants, without running them
+    python benchmarks/mutate.py --sample 40 --all kl.py   every mutant of kl.py, 40 of each other module
+    python benchmarks/mutate.py --verify             each KILLED_BY test passes, and fails on its mutant
+
+The record is written again after every mutant, so a run that is stopped (SIGTERM, Ctrl-C) leaves
+a record of the mutants that finished, marked ``"complete": false``. ``--recount`` re-sorts its
+survivors once ``EQUIVALENT`` or ``KILLED_BY`` has grown; the totals as run stay in ``total_as_run``.
 
 Mutants run one at a time in one process: the parent imports torch and pytest once, and each
 mutant runs in a forked child that imports genvae afresh from the mutated copy. The source tree
@@ -25,13 +31,14 @@ import copy
 import datetime
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,13 +147,24 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ): "the fast path for Independent(Normal, 1) is skipped and the generic rule (torch's Normal KL summed "
     "over the event dim) gives the same KL",
     (
-        "objectives.py",
-        "IWAE.__call__:constant:1.0 -> 2.0#0",
-    ): "the shortcut for beta = 1 is skipped and the general branch computes the same loss, ll + 1.0 * ratio",
+        "hierarchy.py",
+        "_merge:sign:drop USub#1",
+    ): "h is (B, H) by its contract (LadderEncoder.features gives (B, F_l) per layer), so h.shape[1] is h.shape[-1]",
     (
-        "metrics/likelihood.py",
-        "evaluate_iw_nll:constant:1 -> 0#1",
-    ): "with one example torch's std (N - 1) is already NaN, the value the guard gives",
+        "hierarchy.py",
+        "KLOnDraws.__init__:constant:False -> True#0",
+    ): "arg_constraints is empty and no method checks a value (log_prob and the rest hand it to base), so "
+    "validate_args=True has nothing to check",
+    (
+        "kl.py",
+        "_kl_independent_standard_normal:compare:== -> !=#0",
+    ): "an Independent(Normal, 1) q (the only Normal q whose event shape is p's (D,)) skips the fast path, and "
+    "the generic rule (torch's Normal KL summed over the event dim) gives the same KL",
+    (
+        "kl.py",
+        "StandardNormalDistribution.__init__:constant:False -> True#1",
+    ): "torch's Independent has no arg_constraints and never checks a value (its log_prob hands it to the base "
+    "Normal, whose validate_args=False stays), so the flag checks nothing",
 }
 
 #: Survivors that a test now kills, by the test's name (filled in after a run that found them).
@@ -158,11 +176,107 @@ KILLED_BY: dict[tuple[str, str], str] = {
     (
         "metrics/likelihood.py",
         "evaluate_iw_nll:constant:0 -> 1#3",
-    ): "tests/test_core_mutants.py::test_evaluate_elbo_reports_means_over_examples_whatever_the_batch_size",
+    ): "tests/test_core_mutants.py::test_the_iw_progress_bar_counts_the_examples",
     (
         "hierarchy.py",
         "KLOnDraws.sample:call:sample -> rsample#0",
     ): "tests/test_core_mutants.py::test_kl_on_draws_is_its_base_under_another_type",
+    (
+        "objectives.py",
+        "FreeBits.__post_init__:compare:< -> <=#0",
+    ): "tests/test_core_mutants.py::test_free_bits_refuses_a_floor_that_is_negative_or_not_finite",
+    (
+        "schedules.py",
+        "as_schedule:boolop:and -> or#0",
+    ): "tests/test_core_mutants.py::test_as_schedule_refuses_non_numbers_and_bad_numbers_naming_the_argument",
+    (
+        "schedules.py",
+        "as_schedule:compare:< -> <=#0",
+    ): "tests/test_core_mutants.py::test_as_schedule_refuses_non_numbers_and_bad_numbers_naming_the_argument",
+    (
+        "metrics/likelihood.py",
+        "evaluate_elbo:constant:0.0 -> 1.0#0",
+    ): "tests/test_core_mutants.py::test_evaluate_elbo_reports_means_over_examples_whatever_the_batch_size",
+    (
+        "metrics/likelihood.py",
+        "_iw_log_px:compare:is not -> is#1",
+    ): "tests/test_core_mutants.py::test_iw_nll_of_a_conditional_model_weighs_the_draws_given_the_labels",
+    (
+        "metrics/likelihood.py",
+        "_iw_log_px:constant:1 -> 0#2",
+    ): "tests/test_core_mutants.py::test_iw_passes_fit_the_limit_draws_first_and_count_each_draw_once",
+    (
+        "metrics/likelihood.py",
+        "_iw_log_px:binop:// -> *#0",
+    ): "tests/test_core_mutants.py::test_iw_passes_fit_the_limit_draws_first_and_count_each_draw_once",
+    (
+        "metrics/likelihood.py",
+        "_iw_log_px:binop:- -> +#0",
+    ): "tests/test_core_mutants.py::test_compiled_iw_passes_follow_one_checked_draw_and_split_the_rest_evenly",
+    (
+        "metrics/likelihood.py",
+        "evaluate_iw_nll:constant:2 -> 3#0",
+    ): "tests/test_core_mutants.py::test_the_warning_that_compilation_failed_points_at_the_callers_line",
+    (
+        "flows.py",
+        "IAF.__init__:sign:drop USub#1",
+    ): "tests/test_core_mutants.py::test_an_iaf_step_is_a_masked_mlp_with_linear_outputs_and_its_gate_bias",
+    (
+        "flows.py",
+        "IAF.__init__:constant:False -> True#0",
+    ): "tests/test_core_mutants.py::test_an_iaf_step_is_a_masked_mlp_with_linear_outputs_and_its_gate_bias",
+    (
+        "flows.py",
+        "IAF.made:constant:1 -> 0#0",
+    ): "tests/test_core_mutants.py::test_an_iaf_step_is_a_masked_mlp_with_linear_outputs_and_its_gate_bias",
+    (
+        "flows.py",
+        "IAF.made:compare:< -> <=#0",
+    ): "tests/test_core_mutants.py::test_an_iaf_step_is_a_masked_mlp_with_linear_outputs_and_its_gate_bias",
+    (
+        "hierarchy.py",
+        "MLPBlock.forward:sign:drop USub#0",
+    ): "tests/test_core_mutants.py::test_a_conditional_mlp_block_maps_each_draw_of_a_sample_dim_as_it_maps_one",
+    (
+        "hierarchy.py",
+        "HierarchicalVAE._layers.draw:call:rsample -> sample#1",
+    ): "tests/test_core_mutants.py::test_every_layer_of_a_hierarchy_is_a_reparameterised_draw",
+    (
+        "hierarchy.py",
+        "HierarchicalVAE.sample:constant:True -> False#0",
+    ): "tests/test_core_mutants.py::test_a_conditional_hierarchy_refuses_labels_out_of_range_when_sampling",
+    (
+        "kl.py",
+        "StandardNormalDistribution.__init__:constant:False -> True#0",
+    ): "tests/test_core_mutants.py::test_a_nan_draw_has_a_nan_standard_normal_density_not_a_validation_error",
+    (
+        "kl.py",
+        "_monte_carlo_kl:call:sample -> rsample#0",
+    ): "tests/test_core_mutants.py::test_a_posterior_without_rsample_gets_a_monte_carlo_kl_from_plain_draws",
+    (
+        "kl.py",
+        "kl_on_draws:binop:- -> +#1",
+    ): "tests/test_core_mutants.py::test_kl_per_dim_is_the_kl_or_log_ratio_of_each_factor_and_sums_to_kl_on_draws",
+    (
+        "kl.py",
+        "_factors:boolop:and -> or#0",
+    ): "tests/test_core_mutants.py::test_kl_per_dim_refuses_a_posterior_or_a_prior_that_does_not_factorise",
+    (
+        "kl.py",
+        "kl_per_dim:boolop:or -> and#0",
+    ): "tests/test_core_mutants.py::test_kl_per_dim_refuses_a_posterior_or_a_prior_that_does_not_factorise",
+    (
+        "kl.py",
+        "kl_per_dim:binop:- -> +#0",
+    ): "tests/test_core_mutants.py::test_kl_per_dim_is_the_kl_or_log_ratio_of_each_factor_and_sums_to_kl_on_draws",
+    (
+        "objectives.py",
+        "IWAE.__call__:constant:1.0 -> 2.0#0",
+    ): "tests/test_core_mutants.py::test_iwae_with_beta_raises_the_prior_to_posterior_ratio_to_beta",
+    (
+        "metrics/likelihood.py",
+        "evaluate_iw_nll:constant:1 -> 0#1",
+    ): "tests/test_core_mutants.py::test_evaluate_elbo_reports_means_over_examples_whatever_the_batch_size",
 }
 
 
@@ -414,11 +528,11 @@ def apply(mutant: Mutant, target: Target, tree_root: Path) -> None:
 # --------------------------------------------------------------------------- running
 
 
-def _copy_tree(dest: Path) -> None:
+def _copy_tree(dest: Path, source: Path = ROOT) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    shutil.copytree(ROOT / "src", dest / "src", ignore=ignore)
-    shutil.copytree(ROOT / "tests", dest / "tests", ignore=ignore)
-    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    shutil.copytree(source / "src", dest / "src", ignore=ignore)
+    shutil.copytree(source / "tests", dest / "tests", ignore=ignore)
+    shutil.copy(source / "pyproject.toml", dest / "pyproject.toml")
 
 
 def _pytest_args(target: Target, tree_root: Path, first_failure: bool = True) -> list[str]:
@@ -472,8 +586,21 @@ def _baseline(tree_root: Path, target: Target, log: Path) -> float:
     return time.monotonic() - start
 
 
-def run_module(module: str, target: Target, work: Path, *, sample: int | None, seed: int) -> dict:
-    """Run every mutant of one module (or a seeded sample of ``sample``); returns its record."""
+def run_module(
+    module: str,
+    target: Target,
+    work: Path,
+    *,
+    sample: int | None,
+    seed: int,
+    snapshot: Path = ROOT,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run every mutant of one module (or a seeded sample of ``sample``); returns its record.
+
+    ``snapshot`` is the tree the module's copy is made from (the tree as it was when the run began,
+    so that tests written during a long run do not count in it); ``progress`` is given the record so
+    far after every mutant."""
     import random
 
     found = mutants(module, target)
@@ -483,7 +610,7 @@ def run_module(module: str, target: Target, work: Path, *, sample: int | None, s
         drawn = random.Random(f"{seed}:{module}").sample(generated, sample)
         chosen = [m for m in found if m in drawn or m.operator == "named"]
     tree_root = work / module.replace("/", "_")
-    _copy_tree(tree_root)  # per module, from the tree as it is now
+    _copy_tree(tree_root, snapshot)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     original = (tree_root / target.path).read_text()
@@ -492,8 +619,34 @@ def run_module(module: str, target: Target, work: Path, *, sample: int | None, s
     baseline = _baseline(tree_root, target, logs / f"{slug}.baseline.log")
     timeout = max(30.0, 3 * baseline)
     counts = {"killed": 0, "timeout": 0, "error": 0, "survived": 0}
-    survivors, equivalent, killed_by_new = [], [], []
+    survivors: list[dict] = []
+    equivalent: list[dict] = []
+    killed_by_new: list[dict] = []
     print(f"{module}: {len(chosen)} of {len(found)} mutants; baseline {baseline:.1f} s", flush=True)
+
+    def result(done: int) -> dict:
+        killed = counts["killed"] + counts["timeout"] + counts["error"]
+        non_equivalent = done - len(equivalent)
+        return {
+            "mutants": done,
+            "mutants_chosen": len(chosen),
+            "mutants_in_scope": len(found),
+            "complete": done == len(chosen),
+            "killed": killed,
+            "killed_by_timeout": counts["timeout"],
+            "killed_by_error": counts["error"],
+            "equivalent": len(equivalent),
+            "survived": len(survivors),
+            "kill_rate_non_equivalent": round(killed / non_equivalent, 4) if non_equivalent else None,
+            "tests": list(target.tests),
+            "scope": list(target.scope) or "whole module",
+            "baseline_s": round(baseline, 1),
+            "wall_s": round(time.monotonic() - start, 1),
+            "survivors": survivors,
+            "equivalent_mutants": equivalent,
+            "killed_by_new_tests": killed_by_new,
+        }
+
     for n, mutant in enumerate(chosen, 1):
         key = (module, mutant.id)
         apply(mutant, target, tree_root)
@@ -512,34 +665,70 @@ def run_module(module: str, target: Target, work: Path, *, sample: int | None, s
                 survivors.append(entry)
         elif key in KILLED_BY:
             killed_by_new.append({**entry, "killed_by": KILLED_BY[key]})
-        print(f"  [{n}/{len(chosen)}] {outcome:11} {where} {mutant.operator}: {mutant.change}", flush=True)
-    killed = counts["killed"] + counts["timeout"] + counts["error"]
-    non_equivalent = len(chosen) - len(equivalent)
-    return {
-        "mutants": len(chosen),
-        "mutants_in_scope": len(found),
-        "killed": killed,
-        "killed_by_timeout": counts["timeout"],
-        "killed_by_error": counts["error"],
-        "equivalent": len(equivalent),
-        "survived": len(survivors),
-        "kill_rate_non_equivalent": round(killed / non_equivalent, 4) if non_equivalent else None,
-        "tests": list(target.tests),
-        "scope": list(target.scope) or "whole module",
-        "baseline_s": round(baseline, 1),
-        "wall_s": round(time.monotonic() - start, 1),
-        "survivors": survivors,
-        "equivalent_mutants": equivalent,
-        "killed_by_new_tests": killed_by_new,
-    }
+        print(f"  [{n}/{len(chosen)}] {outcome:11} {where} {mutant.id}", flush=True)
+        if progress is not None:
+            progress(result(n))
+    return result(len(chosen))
+
+
+def _total(results: dict) -> dict:
+    total = {k: sum(r[k] for r in results.values()) for k in ("mutants", "killed", "equivalent", "survived")}
+    non_equivalent = total["mutants"] - total["equivalent"]
+    return {**total, "kill_rate_non_equivalent": round(total["killed"] / non_equivalent, 4) if non_equivalent else None}
+
+
+def verify(modules: list[str]) -> list[str]:
+    """Run each ``KILLED_BY`` test of ``modules`` on an unmutated copy of the tree (it must pass) and
+    against its mutant alone (it must fail); returns what did not hold, one line each."""
+    problems = []
+    with tempfile.TemporaryDirectory(prefix="genvae-verify-") as tmp:
+        for module in modules:
+            target = TARGETS[module]
+            checks = {mutant_id: test for (m, mutant_id), test in KILLED_BY.items() if m == module}
+            if not checks:
+                continue
+            tree_root = Path(tmp) / module.replace("/", "_")
+            _copy_tree(tree_root)
+            base = ["-q", "-p", "no:cacheprovider", "-p", "no:xdist", "--hypothesis-seed=0"]
+            base += ["--hypothesis-profile=mutants"]
+            log = Path(tmp) / "verify.log"
+            tests = sorted(set(checks.values()))
+            if _run_forked(tree_root, [*tests, *base], 600, log) != "passed":
+                problems.append(f"{module}: the killing tests fail on the unmutated tree: {log.read_text()[-2000:]}")
+                continue
+            found = {m.id: m for m in mutants(module, target)}
+            original = (tree_root / target.path).read_text()
+            for mutant_id, test in checks.items():
+                if mutant_id not in found:
+                    problems.append(f"{module}: {mutant_id} is no longer a mutant of the module")
+                    continue
+                apply(found[mutant_id], target, tree_root)
+                try:
+                    outcome = _run_forked(tree_root, [test, *base, "-x"], 300, log)
+                finally:
+                    (tree_root / target.path).write_text(original)
+                print(f"{module} {mutant_id}: {test.rpartition('::')[2]} {outcome}", flush=True)
+                if outcome == "passed":
+                    problems.append(f"{module}: {test} passes against {mutant_id}")
+    return problems
 
 
 def recount(record: dict) -> dict:
     """The record with its survivors sorted again by ``EQUIVALENT`` (after a reason was written down
-    for one) and its totals recomputed, without running the mutants again."""
+    for one) and ``KILLED_BY`` (after a test was written for one), and its totals recomputed, without
+    running the mutants again. A mutant once listed as equivalent that no longer is (a test was found
+    that tells it apart) is sorted again with the survivors.
+
+    ``total_as_run`` keeps what the run itself killed; ``total_before_new_tests`` is that over the
+    mutants now known not to be equivalent (the kill rate before the tests written for the survivors)."""
+    record.setdefault("total_as_run", dict(record["total"]))
     for module, result in record["modules"].items():
+        result.setdefault("killed_as_run", result["killed"])
+        equivalent = [e for e in result["equivalent_mutants"] if (module, e["id"]) in EQUIVALENT]
+        withdrawn = [e for e in result["equivalent_mutants"] if (module, e["id"]) not in EQUIVALENT]
+        result["equivalent_mutants"] = equivalent
         still = []
-        for entry in result["survivors"]:
+        for entry in result["survivors"] + [{k: v for k, v in e.items() if k != "reason"} for e in withdrawn]:
             key = (module, entry["id"])
             if key in EQUIVALENT:
                 result["equivalent_mutants"].append({**entry, "reason": EQUIVALENT[key]})
@@ -552,9 +741,14 @@ def recount(record: dict) -> dict:
         result["equivalent"], result["survived"] = len(result["equivalent_mutants"]), len(still)
         non_equivalent = result["mutants"] - result["equivalent"]
         result["kill_rate_non_equivalent"] = round(result["killed"] / non_equivalent, 4) if non_equivalent else None
-    total = {k: sum(r[k] for r in record["modules"].values()) for k in ("mutants", "killed", "equivalent", "survived")}
-    non_equivalent = total["mutants"] - total["equivalent"]
-    record["total"] = {**total, "kill_rate_non_equivalent": round(total["killed"] / non_equivalent, 4)}
+    record["total"] = _total(record["modules"])
+    before = record["total_as_run"]["killed"]
+    non_equivalent = record["total"]["mutants"] - record["total"]["equivalent"]
+    record["total_before_new_tests"] = {
+        "killed": before,
+        "non_equivalent": non_equivalent,
+        "kill_rate_non_equivalent": round(before / non_equivalent, 4) if non_equivalent else None,
+    }
     return record
 
 
@@ -562,8 +756,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", choices=sorted(TARGETS), help="only these modules")
     parser.add_argument("--sample", type=int, default=None, help="at most this many mutants per module (seeded)")
+    parser.add_argument(
+        "--all",
+        action="append",
+        default=[],
+        choices=sorted(TARGETS),
+        help="every mutant of this module, whatever --sample",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--verify", action="store_true", help="check that each KILLED_BY test kills its mutant")
     parser.add_argument("--recount", type=Path, default=None, help="re-sort the survivors of this record and exit")
     parser.add_argument("--out", type=Path, default=None, help=f"the record (default {RECORD.relative_to(ROOT)})")
     args = parser.parse_args(argv)
@@ -592,31 +794,61 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     if "genvae" in sys.modules:
         raise SystemExit("genvae must not be imported before the mutants run")
+    if args.verify:
+        problems = verify(modules)
+        print("\n".join(problems) or f"every KILLED_BY test of {', '.join(modules)} kills its mutant")
+        raise SystemExit(1 if problems else 0)
     start = time.monotonic()
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="genvae-mutants-") as tmp:
-        work = Path(tmp)
-        for module in modules:
-            results[module] = run_module(module, TARGETS[module], work, sample=args.sample, seed=args.seed)
-    total = {k: sum(r[k] for r in results.values()) for k in ("mutants", "killed", "equivalent", "survived")}
-    non_equivalent = total["mutants"] - total["equivalent"]
+    results: dict[str, dict] = {}
+    out = args.out or (RECORD if args.module is None else None)
+    if args.sample is None:
+        sampled = "no: every mutant in scope"
+    else:
+        every = f"every mutant of {', '.join(args.all)}; " if args.all else ""
+        sampled = f"{every}{args.sample} per other module, seed {args.seed} (named mutants always run)"
     record = {
-        "command": "make mutate",
+        "command": shlex.join(["python", "benchmarks/mutate.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.date.today().isoformat(),
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip(),
         "torch": torch.__version__,
-        "sampled": f"{args.sample} per module, seed {args.seed}" if args.sample else "no: every mutant in scope",
-        "wall_s": round(time.monotonic() - start, 1),
-        "total": {**total, "kill_rate_non_equivalent": round(total["killed"] / non_equivalent, 4)},
+        "sampled": sampled,
+        "complete": False,
+        "wall_s": 0.0,
+        "total": {},
         "modules": results,
     }
-    out = args.out or (RECORD if args.module is None else None)
-    summary = json.dumps(record["total"])
-    print(f"total: {summary}; {record['wall_s']} s")
+
+    def write(module: str | None = None, result: dict | None = None) -> None:
+        if module is not None and result is not None:
+            results[module] = result
+        record["wall_s"] = round(time.monotonic() - start, 1)
+        record["total"] = _total(results) if results else {}
+        if out is not None:  # written whole, then renamed: a reader never sees half a record
+            partial = out.with_suffix(".partial")
+            partial.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+            partial.replace(out)
+
+    with tempfile.TemporaryDirectory(prefix="genvae-mutants-") as tmp:
+        work = Path(tmp)
+        snapshot = work / "snapshot"  # the tree as it is now: later edits to it do not reach the run
+        _copy_tree(snapshot)
+        for module in modules:
+            sample = None if module in args.all else args.sample
+            results[module] = run_module(
+                module,
+                TARGETS[module],
+                work,
+                sample=sample,
+                seed=args.seed,
+                snapshot=snapshot,
+                progress=lambda result, module=module: write(module, result),
+            )
+    record["complete"] = True
+    write()
+    print(f"total: {json.dumps(record['total'])}; {record['wall_s']} s")
     if out is not None:
-        out.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
         print(f"wrote {out}")
 
 

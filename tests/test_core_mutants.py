@@ -9,6 +9,7 @@ and the flow steps against their matrices.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -17,8 +18,15 @@ from hypothesis import strategies as st
 from torch.distributions import Independent, Laplace, Normal
 from torch.distributions import kl_divergence as torch_kl
 
-from genvae import ELBO, IWAE, STL, DReG, FreeBits, LatentLayer, Terms
-from genvae.kl import StandardNormalDistribution, kl_divergence, kl_normal_normal, kl_normal_std, kl_on_draws
+from genvae import ELBO, IWAE, STL, VAE, DReG, FreeBits, LatentLayer, Terms
+from genvae.kl import (
+    StandardNormalDistribution,
+    kl_divergence,
+    kl_normal_normal,
+    kl_normal_std,
+    kl_on_draws,
+    kl_per_dim,
+)
 from genvae.schedules import Constant, Cyclical, LinearWarmup, as_schedule
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,6 +52,16 @@ def test_closed_form_kls_reduce_the_last_dim_of_a_three_dim_batch() -> None:
     torch.testing.assert_close(kl_divergence(q, StandardNormalDistribution(torch.zeros_like(mu_q))), torch_kl(q, std))
 
 
+def test_a_nan_draw_has_a_nan_standard_normal_density_not_a_validation_error() -> None:
+    # fit reports a diverging run as a non-finite loss (FloatingPointError); the prior must not raise first
+    prior = StandardNormalDistribution(torch.zeros(3, 2, dtype=F64))
+    z = torch.tensor([[0.0, 1.0], [math.nan, 0.0], [2.0, -1.0]], dtype=F64)
+    log_p = prior.log_prob(z)
+    expected = (-0.5 * z.square() - 0.5 * math.log(2 * math.pi)).sum(-1)  # (3,)
+    torch.testing.assert_close(log_p, expected, equal_nan=True)
+    assert log_p.isnan().tolist() == [False, True, False]
+
+
 def test_the_generic_rule_sums_a_factorised_non_normal_posterior_over_its_event_dim() -> None:
     g = torch.Generator().manual_seed(1)
     loc, scale = torch.randn(2, 3, 4, generator=g, dtype=F64), torch.rand(2, 3, 4, generator=g, dtype=F64) + 0.5
@@ -67,6 +85,46 @@ def test_kl_on_draws_broadcasts_the_closed_form_over_the_draws() -> None:
     kl = kl_on_draws(q, p, z)
     assert kl.shape == (5, 3)
     torch.testing.assert_close(kl, torch_kl(q, p).expand(5, 3))
+
+
+def test_kl_per_dim_is_the_kl_or_log_ratio_of_each_factor_and_sums_to_kl_on_draws() -> None:
+    g = torch.Generator().manual_seed(2)
+    loc, scale = torch.randn(3, 4, generator=g, dtype=F64), torch.rand(3, 4, generator=g, dtype=F64) + 0.5
+    q = gaussian(loc, scale)
+    z = q.rsample((5,))  # (5, 3, 4)
+    normal = gaussian(torch.zeros(4, dtype=F64), torch.full((4,), 2.0, dtype=F64))
+    torch.testing.assert_close(kl_per_dim(q, normal, z), torch_kl(q.base_dist, normal.base_dist).expand(5, 3, 4))
+    # No closed form for Normal ‖ StudentT: the log ratio of each factor at the draws.
+    t = torch.distributions.StudentT(torch.full((4,), 3.0, dtype=F64), torch.zeros(4, dtype=F64), 2.0)
+    student = Independent(t, 1)
+    expected = Normal(loc, scale).log_prob(z) - t.log_prob(z)  # (5, 3, 4)
+    torch.testing.assert_close(kl_per_dim(q, student, z), expected)
+    torch.testing.assert_close(kl_on_draws(q, student, z), expected.sum(-1))
+
+
+def test_kl_per_dim_refuses_a_posterior_or_a_prior_that_does_not_factorise() -> None:
+    q = gaussian(torch.zeros(3, 4), torch.ones(3, 4))
+    z = q.rsample((2,))
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(torch.ones(2)), gaussian(torch.zeros(2, 4), torch.ones(2, 4))
+    )
+    matrix = Independent(Normal(torch.zeros(3, 2, 2), torch.ones(3, 2, 2)), 2)  # event (2, 2): not per dim
+    for posterior, prior in ((q, mixture), (mixture, q), (matrix, matrix)):
+        with pytest.raises(ValueError, match="factorise"):
+            kl_per_dim(posterior, prior, z)
+
+
+def test_a_posterior_without_rsample_gets_a_monte_carlo_kl_from_plain_draws() -> None:
+    torch.manual_seed(0)
+    q = torch.distributions.Categorical(torch.tensor([0.5, 0.3, 0.2], dtype=F64))
+    p = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(torch.tensor([0.4, 0.6], dtype=F64)),
+        torch.distributions.Categorical(torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.2, 0.6]], dtype=F64)),
+    )
+    values = torch.arange(3)
+    exact = (q.probs * (q.log_prob(values) - p.log_prob(values))).sum()
+    estimate = kl_divergence(q, p, mc_samples=20_000)
+    assert abs(float(estimate - exact)) < 0.03
 
 
 # ------------------------------------------------------------------ schedules.py
@@ -110,6 +168,15 @@ def test_schedules_accept_the_edges_of_their_ranges_and_refuse_what_is_beyond() 
         Cyclical(1.0, period=2, ratio=0.0)
     with pytest.raises(ValueError, match="ratio"):
         Cyclical(1.0, period=2, ratio=1.5)
+
+
+def test_as_schedule_refuses_non_numbers_and_bad_numbers_naming_the_argument() -> None:
+    for bad in (None, "0.5", [1.0]):
+        with pytest.raises(TypeError, match="gamma"):
+            as_schedule(bad, name="gamma")  # type: ignore[arg-type]
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="gamma"):  # its own check, not Constant's message about beta
+            as_schedule(bad, name="gamma")
 
 
 # ------------------------------------------------------------------ objectives.py and terms.py
@@ -170,6 +237,8 @@ def test_iwae_with_beta_raises_the_prior_to_posterior_ratio_to_beta() -> None:
     torch.testing.assert_close(out.bound, expected_bound)
     torch.testing.assert_close(out.loss, -tempered.mean())
     torch.testing.assert_close(IWAE(k=4, beta=LinearWarmup(1.0, steps=1))(terms, step=1).loss, -expected_bound.mean())
+    doubled = torch.logsumexp(ll + 2.0 * (log_p - log_q), 0) - math.log(4)  # β = 2: no shortcut but β = 1's
+    torch.testing.assert_close(IWAE(k=4, beta=2.0)(terms).loss, -doubled.mean())
 
 
 def test_stl_value_is_the_elbo_and_its_gradient_is_the_path_derivative_alone() -> None:
@@ -206,6 +275,13 @@ def test_free_bits_loss_floors_the_batch_mean_kl_of_each_dimension() -> None:
     torch.testing.assert_close(out.loss, -ll.mean() + 0.5 * per_dim.mean(0).clamp(min=lam).sum())
     torch.testing.assert_close(out.bound, (ll - per_dim.sum(-1)).mean(0))
     torch.testing.assert_close(FreeBits(0)(terms).loss, -ll.mean() + per_dim.mean(0).sum())
+
+
+def test_free_bits_refuses_a_floor_that_is_negative_or_not_finite() -> None:
+    assert FreeBits(0).lambda_ == 0.0
+    for bad in (-1e-9, math.inf, math.nan):
+        with pytest.raises(ValueError, match="lambda_"):
+            FreeBits(bad)
 
 
 # ------------------------------------------------------------------ metrics/likelihood.py
@@ -249,11 +325,160 @@ def test_evaluate_elbo_reports_means_over_examples_whatever_the_batch_size() -> 
         assert summary.num_examples == 7
         assert summary.kl == pytest.approx(float(kl), rel=1e-5)
         assert summary.loss == pytest.approx(summary.kl - summary.log_likelihood, rel=1e-5)
-    one = evaluate_iw_nll(model, x[:1], 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one example: NaN for the standard error, without torch's warning
+        one = evaluate_iw_nll(model, x[:1], 3)
     assert one.num_examples == 1 and math.isnan(one.stderr) and math.isfinite(one.nll)
+    empty = evaluate_elbo(model, (x[:0], None))  # a pair of tensors is taken as it is, even empty
+    assert (empty.loss, empty.kl, empty.log_likelihood, empty.num_examples) == (0.0, 0.0, 0.0, 0)
 
 
-# ------------------------------------------------------------------ flows.py
+def test_the_iw_progress_bar_counts_the_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    from genvae.metrics import likelihood
+
+    bars: list[tuple[int | None, list[int]]] = []
+
+    class Bar:
+        def __init__(self, *, total: int | None, **kwargs: object) -> None:
+            self.updates: list[int] = []
+            bars.append((total, self.updates))
+
+        def __enter__(self) -> Bar:
+            return self
+
+        def __exit__(self, *args: object) -> None:
+            pass
+
+        def update(self, n: int) -> None:
+            self.updates.append(n)
+
+        def set_postfix(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    monkeypatch.setattr(likelihood, "tqdm", Bar)
+    likelihood.evaluate_iw_nll(tiny_vae(), torch.rand(7, 6, dtype=F64).round(), 2, batch_size=3, progress=True)
+    assert bars == [(7, [3, 3, 1])]
+
+
+def test_the_warning_that_compilation_failed_points_at_the_callers_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._dynamo.exc import TorchDynamoException
+
+    from genvae.metrics import likelihood
+
+    def fail(*args: object, **kwargs: object) -> torch.Tensor:
+        raise TorchDynamoException("no C++ compiler")
+
+    monkeypatch.setattr(likelihood, "_compiled_log_weights", lambda: fail)
+    monkeypatch.setattr(likelihood, "IW_COMPILE_SAMPLES", 12)  # 4 examples × 3 draws: compiled by default
+    with pytest.warns(UserWarning, match="evaluating eagerly") as caught:
+        likelihood.evaluate_iw_nll(tiny_vae(), torch.rand(4, 6, dtype=F64).round(), 3)
+    assert [w.filename for w in caught] == [__file__]
+
+
+def test_iw_nll_of_a_conditional_model_weighs_the_draws_given_the_labels() -> None:
+    from genvae import CVAE
+    from genvae.likelihoods import Bernoulli
+    from genvae.metrics.likelihood import iw_nll
+    from genvae.nets import MLPDecoder, MLPEncoder
+    from genvae.priors import ConditionalNormal
+
+    torch.manual_seed(0)
+    model = CVAE(
+        MLPEncoder((6,), 2, hidden=(8,), num_classes=3),
+        MLPDecoder(2, (6,), hidden=(8,), num_classes=3),
+        Bernoulli(),
+        ConditionalNormal(3, 2),
+    ).double()
+    x, y = torch.rand(5, 6, dtype=F64).round(), torch.tensor([0, 1, 2, 1, 0])
+    torch.manual_seed(1)
+    got = iw_nll(model, x, 8, y=y)
+    torch.manual_seed(1)  # the same draws: one pass of all 8
+    with torch.no_grad():
+        log_w = model.terms(x, y, k=8).log_weights()  # (8, 5)
+    torch.testing.assert_close(got, -(torch.logsumexp(log_w, 0) - math.log(8)))
+
+
+def tiny_vae() -> VAE:
+    from genvae.likelihoods import Bernoulli
+    from genvae.nets import MLPDecoder, MLPEncoder
+    from genvae.priors import StandardNormal
+
+    torch.manual_seed(0)
+    model = VAE(MLPEncoder((6,), 2, hidden=(8,)), MLPDecoder(2, (6,), hidden=(8,)), Bernoulli(), StandardNormal(2))
+    return model.double()
+
+
+def record_passes(monkeypatch: pytest.MonkeyPatch, model: VAE) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every pass the model makes from now on: the examples ``xb`` (a slice of x) and the log weights ``(k, b)``."""
+    passes: list[tuple[torch.Tensor, torch.Tensor]] = []
+    terms = model.terms
+
+    def record(xb: torch.Tensor, y: torch.Tensor | None = None, *, k: int = 1) -> Terms:
+        out = terms(xb, y, k=k)
+        passes.append((xb, out.log_weights()))
+        return out
+
+    monkeypatch.setattr(model, "terms", record)
+    return passes
+
+
+def assert_every_draw_counted_once(
+    passes: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, k: int, got: torch.Tensor
+) -> None:
+    per_example: list[list[torch.Tensor]] = [[] for _ in range(x.shape[0])]
+    for xb, w in passes:
+        first = (xb.data_ptr() - x.data_ptr()) // x[:1].nbytes  # xb is a slice of x: where it starts
+        for j in range(xb.shape[0]):
+            per_example[first + j].append(w[:, j])
+    for i, parts in enumerate(per_example):
+        draws = torch.cat(parts)
+        assert draws.shape == (k,)
+        torch.testing.assert_close(got[i], -(torch.logsumexp(draws, 0) - math.log(k)))
+
+
+@pytest.mark.parametrize(
+    ("limit", "k", "chunk", "b"),
+    [(4, 5, None, 3), (12, 5, None, 3), (30, 4, None, 7), (60, 7, 3, 5), (10**6, 6, None, 4), (10**6, 6, 4, 4)],
+)
+def test_iw_passes_fit_the_limit_draws_first_and_count_each_draw_once(
+    monkeypatch: pytest.MonkeyPatch, limit: int, k: int, chunk: int | None, b: int
+) -> None:
+    import genvae.models
+    from genvae.metrics.likelihood import iw_nll
+
+    monkeypatch.setattr(genvae.models, "IW_CHUNK_ELEMENTS", limit)
+    model = tiny_vae()
+    x = torch.rand(b, 6, dtype=F64).round()
+    passes = record_passes(monkeypatch, model)
+    got = iw_nll(model, x, k, chunk=chunk)
+    most = min(k, chunk or max(1, limit // 6))  # draws per pass: as many as the limit allows, before examples
+    assert max(w.shape[0] for _, w in passes) == most
+    assert all(w.shape[0] * w.shape[1] * 6 <= max(limit, 6) for _, w in passes)  # within the limit
+    groups = math.ceil(b / max(1, limit // (most * 6)))  # the fewest groups of examples that fit
+    assert len(passes) <= groups * math.ceil(k / most)
+    assert_every_draw_counted_once(passes, x, k, got)
+
+
+@pytest.mark.parametrize(("k", "chunk", "compiled_sizes"), [(8, 4, [4, 3]), (10, 3, [3, 3, 3]), (9, 3, [3, 3, 2])])
+def test_compiled_iw_passes_follow_one_checked_draw_and_split_the_rest_evenly(
+    monkeypatch: pytest.MonkeyPatch, k: int, chunk: int, compiled_sizes: list[int]
+) -> None:
+    from genvae.metrics import likelihood
+
+    compiled: list[int] = []
+
+    def passes_as_compiled(model: VAE, xb: torch.Tensor, yb: torch.Tensor | None, r: int) -> torch.Tensor:
+        compiled.append(r)
+        return likelihood._log_weights(model, xb, yb, r)
+
+    monkeypatch.setattr(likelihood, "_compiled_log_weights", lambda: passes_as_compiled)
+    model = tiny_vae()
+    x = torch.rand(3, 6, dtype=F64).round()
+    passes = record_passes(monkeypatch, model)
+    got = likelihood.iw_nll(model, x, k, chunk=chunk, compile=True)
+    assert passes[0][1].shape == (1, 3)  # the checked pass: one draw, eagerly
+    assert compiled == compiled_sizes  # the other k − 1 draws in as few even passes as fit
+    assert_every_draw_counted_once(passes, x, k, got)
 
 
 def jacobian(f, z: torch.Tensor) -> torch.Tensor:
@@ -311,6 +536,28 @@ def test_an_iaf_step_inverts_and_its_log_det_is_the_jacobians() -> None:
     torch.testing.assert_close(step(torch.zeros(4, 0, dtype=F64)).inv(y), z)
 
 
+def test_an_iaf_step_is_a_masked_mlp_with_linear_outputs_and_its_gate_bias() -> None:
+    from genvae.flows import IAF
+
+    torch.manual_seed(0)
+    d, hidden = 3, (8, 6)
+    step = IAF(d, hidden=hidden, context_features=2, gate_bias=1.5).double()
+    torch.testing.assert_close(step.layers[-1].bias[d:], torch.full((d,), 1.5, dtype=F64))  # the last layer's s
+    assert not any("mask" in name for name in step.state_dict())  # derived from the sizes
+    z, context = torch.randn(5, 4, d, dtype=F64), torch.randn(4, 2, dtype=F64)
+    context_hidden = step.context_layer(context)  # (4, 8)
+    h = z
+    for i, layer in enumerate(step.layers):
+        h = h @ (layer.weight * getattr(step, f"mask{i}")).T + layer.bias
+        if i == 0:
+            h = h + context_hidden
+        if i < len(hidden):  # ELU between layers, none after the last: m and s are unbounded
+            h = torch.nn.functional.elu(h)
+    m, s = step.made(z, context_hidden)
+    torch.testing.assert_close(m, h[..., :d])
+    torch.testing.assert_close(s, h[..., d:])
+
+
 def test_a_flow_mean_is_the_base_mean_pushed_through_the_steps_and_keeps_the_draws() -> None:
     from genvae.flows import FlowDistribution, Householder, Planar
 
@@ -329,6 +576,40 @@ def test_a_flow_mean_is_the_base_mean_pushed_through_the_steps_and_keeps_the_dra
 
 
 # ------------------------------------------------------------------ hierarchy.py
+
+
+def test_a_conditional_mlp_block_maps_each_draw_of_a_sample_dim_as_it_maps_one() -> None:
+    from genvae.hierarchy import MLPBlock
+
+    torch.manual_seed(0)
+    block = MLPBlock(4, 3, hidden=(5,), num_classes=2).double()
+    h, y = torch.randn(6, 2, 4, dtype=F64), torch.tensor([1, 0])  # (S, B, F), (B,)
+    out = block(h, y)
+    assert out.shape == (6, 2, 3)
+    for draw in range(6):
+        torch.testing.assert_close(out[draw], block(h[draw], y))
+
+
+@pytest.mark.parametrize("top_down", [True, False])
+def test_every_layer_of_a_hierarchy_is_a_reparameterised_draw(top_down: bool) -> None:
+    from genvae.hierarchy import mlp_hierarchy
+    from genvae.likelihoods import Bernoulli
+
+    torch.manual_seed(0)
+    model = mlp_hierarchy((6,), (4, 3, 2), likelihood=Bernoulli(), hidden=8, top_down=top_down).double()
+    terms = model.terms(torch.rand(5, 6, dtype=F64).round(), k=2)
+    assert [layer.z.shape for layer in terms.layers] == [(2, 5, 2), (2, 5, 3), (2, 5, 4)]
+    assert all(layer.z.requires_grad for layer in terms.layers)  # the encoder's gradient reaches every layer
+
+
+def test_a_conditional_hierarchy_refuses_labels_out_of_range_when_sampling() -> None:
+    from genvae.hierarchy import mlp_hierarchy
+    from genvae.likelihoods import Bernoulli
+
+    model = mlp_hierarchy((6,), (3, 2), likelihood=Bernoulli(), hidden=8, num_classes=3)
+    assert model.sample(3, torch.tensor([0, 1, 2])).shape == (3, 6)
+    with pytest.raises(ValueError, match="range"):
+        model.sample(3, torch.tensor([0, 1, 3]))
 
 
 def test_kl_on_draws_is_its_base_under_another_type() -> None:
