@@ -333,15 +333,17 @@ def test_evaluate_elbo_reports_means_over_examples_whatever_the_batch_size() -> 
     assert (empty.loss, empty.kl, empty.log_likelihood, empty.num_examples) == (0.0, 0.0, 0.0, 0)
 
 
-def test_the_iw_progress_bar_counts_the_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_iw_progress_bar_counts_the_examples_and_shows_the_running_mean(monkeypatch: pytest.MonkeyPatch) -> None:
     from genvae.metrics import likelihood
 
-    bars: list[tuple[int | None, list[int]]] = []
+    bars: list[Bar] = []
 
     class Bar:
-        def __init__(self, *, total: int | None, **kwargs: object) -> None:
+        def __init__(self, *, total: int | None, disable: bool, leave: bool, **kwargs: object) -> None:
+            self.total, self.disable, self.leave = total, disable, leave
             self.updates: list[int] = []
-            bars.append((total, self.updates))
+            self.shown: list[str] = []
+            bars.append(self)
 
         def __enter__(self) -> Bar:
             return self
@@ -352,12 +354,20 @@ def test_the_iw_progress_bar_counts_the_examples(monkeypatch: pytest.MonkeyPatch
         def update(self, n: int) -> None:
             self.updates.append(n)
 
-        def set_postfix(self, *args: object, **kwargs: object) -> None:
-            pass
+        def set_postfix(self, *, nll: str) -> None:
+            self.shown.append(nll)
 
     monkeypatch.setattr(likelihood, "tqdm", Bar)
-    likelihood.evaluate_iw_nll(tiny_vae(), torch.rand(7, 6, dtype=F64).round(), 2, batch_size=3, progress=True)
-    assert bars == [(7, [3, 3, 1])]
+    model, x = tiny_vae(), torch.rand(7, 6, dtype=F64).round()
+    summary = likelihood.evaluate_iw_nll(model, x, 2, batch_size=3, progress=True)
+    likelihood.evaluate_iw_nll(model, x, 2, batch_size=3)
+    shown, hidden = bars
+    assert (shown.total, shown.disable, shown.leave, shown.updates) == (7, False, False, [3, 3, 1])
+    assert hidden.disable
+    with likelihood.evaluating(model, seed=0):  # the evaluation's seeded draws, batch by batch
+        per_example = torch.cat([likelihood.iw_nll(model, x[i : i + 3], 2) for i in range(0, 7, 3)])
+    running = [f"{float(per_example[:n].mean()):.2f}" for n in (3, 6, 7)]
+    assert shown.shown == running and shown.shown[-1] == f"{summary.nll:.2f}"
 
 
 def test_the_warning_that_compilation_failed_points_at_the_callers_line(monkeypatch: pytest.MonkeyPatch) -> None:
