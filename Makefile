@@ -48,4 +48,4 @@ clean:
 # the tests mapped to its module; writes benchmarks/results/mutation.json.
 .PHONY: mutate
 mutate: $(STAMP)
-	$(PY) benchmarks/mutate.py --sample 8 --seed 0
+	$(PY) benchmarks/mutate.py --sample 40 --seed 0 --all terms.py --all schedules.py --all objectives.py --all kl.py
