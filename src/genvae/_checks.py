@@ -9,6 +9,27 @@ import torch
 from torch import Tensor
 
 
+def error_line(err: BaseException) -> str:
+    """Why ``err`` happened, in one line: its first line, or, where ``torch.load(weights_only=True)``
+    refused a pickle (a paragraph that suggests ``weights_only=False``), the cause it names: the
+    text after ``WeightsUnpickler error:``, or the line naming the refused ``GLOBAL``."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if not lines[0].startswith("Weights only load failed"):
+        return lines[0]
+    marker = "WeightsUnpickler error:"
+    at = next((i for i, line in enumerate(lines) if marker in line), None)
+    if at is not None:  # the cause follows the marker, on its line or the next
+        cause = lines[at].split(marker, 1)[1].strip() or (lines[at + 1] if at + 1 < len(lines) else "")
+    else:
+        cause = next((line for line in lines if "GLOBAL" in line), lines[0])
+    cause = cause.split(". ")[0].strip().rstrip(".")
+    if "GLOBAL" in cause:
+        return f"it holds Python objects other than tensors and plain values ({cause}); they were refused unread"
+    return f"torch.load(weights_only=True) refused it: {cause}"
+
+
 def positive_int(name: str, value: object) -> int:
     """Return ``value`` if it is an ``int`` > 0 (not a bool), else raise."""
     if isinstance(value, bool) or not isinstance(value, int):

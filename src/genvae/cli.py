@@ -553,6 +553,7 @@ def _info(args: argparse.Namespace) -> None:
     from .records import read_fit_record, read_history, read_json
 
     model, cfg = _load_run(args.run)
+    record = read_fit_record(args.run)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"run        {args.run}")
     print(
@@ -570,7 +571,7 @@ def _info(args: argparse.Namespace) -> None:
         free_bits = "" if cfg.free_bits is None else f", free bits {cfg.free_bits} nats"
         k = cfg.k or (DEFAULT_IW_K if cfg.objective in ("iwae", "dreg") else 1)
         print(f"objective  {cfg.objective}, k {k}, β {cfg.beta}{schedule}{free_bits}")
-    elif record := read_fit_record(args.run):
+    elif record:
         train = record.get("train") or {}
         source = train.get("source") or f"a {train.get('type', 'tensor')} (not recorded)"
         print(f"data       {source}, binarize {train.get('binarize')}, {train.get('size')} train examples")
@@ -579,7 +580,7 @@ def _info(args: argparse.Namespace) -> None:
             f"lr {record.get('lr')}, seed {record.get('seed')}"
         )
         print(f"objective  {record.get('objective')}")
-    engine = read_fit_record(args.run).get("engine")
+    engine = record.get("engine")
     if isinstance(engine, dict):
         print(f"engine     {engine.get('name')} ({engine.get('reason')})")
     try:

@@ -288,12 +288,17 @@ def _read(path: Path) -> tuple[bytes, str]:
     return path.read_bytes(), str(path)
 
 
-def _json_values(text: str | bytes) -> int:
-    """At least the number of values in the JSON ``text``: a value is the first, or follows a comma
-    or a colon, or opens a list or an object (those marks within strings count too)."""
-    if isinstance(text, str):
-        return 1 + sum(text.count(mark) for mark in ",:[{")
-    return 1 + sum(text.count(mark) for mark in (b",", b":", b"[", b"{"))
+def _check_json_values(text: str | bytes, what: str) -> None:
+    """Refuse JSON ``text`` (``what`` names it) of more than ``_MAX_JSON_VALUES`` values before it
+    is parsed. Counted from above: a value is the first, or follows a comma or a colon, or opens a
+    list or an object (those marks within strings count too)."""
+    data = text.encode() if isinstance(text, str) else text
+    values = 1 + sum(data.count(mark) for mark in (b",", b":", b"[", b"{"))
+    if values > _MAX_JSON_VALUES:
+        raise ValueError(
+            f"expected {what} of at most {_MAX_JSON_VALUES} values (counted as its commas, colons and opening "
+            f"brackets, plus one), got {values}"
+        )
 
 
 def _header(data: bytes, file: str) -> tuple[dict[str, Any], int]:
@@ -312,12 +317,7 @@ def _header(data: bytes, file: str) -> tuple[dict[str, Any], int]:
             f"header length, and at most {_MAX_HEADER_BYTES // 2**20} MiB), got a header length of {size}"
         )
     text = data[8 : 8 + size]
-    values = _json_values(text)
-    if values > _MAX_JSON_VALUES:
-        raise ValueError(
-            f"expected a safetensors file at {file!r} with a header of at most {_MAX_JSON_VALUES} values "
-            f"(counted as its commas, colons and opening brackets, plus one), got {values}"
-        )
+    _check_json_values(text, f"a safetensors file at {file!r} with a header")
     try:
         header = json.loads(text)
     except RecursionError:
@@ -377,12 +377,7 @@ def _description(header: dict[str, Any], file: str) -> dict[str, Any]:
     text = metadata.get(FORMAT) if isinstance(metadata, dict) else None
     if not isinstance(text, str):
         raise ValueError(f"expected a genvae description in the header of {file!r}, found none")
-    values = _json_values(text)
-    if values > _MAX_JSON_VALUES:
-        raise ValueError(
-            f"expected a description in {file!r} of at most {_MAX_JSON_VALUES} values (counted as its commas, "
-            f"colons and opening brackets, plus one), got {values}"
-        )
+    _check_json_values(text, f"a description in {file!r}")
     try:
         spec = json.loads(text)
     except RecursionError:

@@ -46,6 +46,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ._checks import error_line
 from ._files import atomic_path, create_exclusive, fsync_dir, fsync_file, open_regular, read_regular
 
 try:  # POSIX
@@ -114,25 +115,27 @@ def declare_member(name: str) -> None:
         ValueError: ``name`` is not a plain file name (letters, digits, ``_``, ``.``, ``-``, not
             starting with a dot) or is the manifest's or the lock's.
     """
-    if not (isinstance(name, str) and _FILE_NAME.match(name)) or name == MANIFEST:
+    if name == MANIFEST:
+        raise ValueError(f"expected a member's name other than {MANIFEST!r}, got {name!r}")
+    MEMBERS.add(_plain(name, "a member's name"))
+
+
+def _plain(name: object, what: str) -> str:
+    """``name`` if it is a plain file name (letters, digits, ``_``, ``.``, ``-``, not starting with
+    a dot), which cannot leave a folder; else a ValueError naming ``what``."""
+    if not (isinstance(name, str) and _FILE_NAME.match(name)):
         raise ValueError(
-            f"expected a plain file name (letters, digits, '_', '.', '-', not starting with a dot, not {MANIFEST!r}), "
+            f"expected {what} to be a plain file name (letters, digits, '_', '.', '-', not starting with a dot), "
             f"got {name!r}"
         )
-    MEMBERS.add(name)
-
-
-def _inside(run: Path, name: str, what: str) -> Path:
-    """``run / name`` where ``name`` is a plain file name, so the path cannot leave the folder."""
-    if not (isinstance(name, str) and _FILE_NAME.match(name)):
-        raise ValueError(f"expected {what} to be a plain file name inside {str(run)!r}, got {name!r}")
-    return run / name
+    return name
 
 
 def _member(run: Path, name: str) -> Path:
+    """``run / name`` for a declared member (a plain name, checked when it was declared)."""
     if name not in MEMBERS:
         raise ValueError(f"expected a member of a run folder's set ({sorted(MEMBERS)}), got {name!r}")
-    return _inside(run, name, "a member")
+    return run / name
 
 
 def _staged(run: Path, name: str) -> Path:
@@ -315,8 +318,9 @@ def commit(run: str | os.PathLike[str], epoch: int, writers: Mapping[str, Callab
             _remove_entry(_staged(run, staged_name))
         last = complete_epoch(run)
         intact = "no epoch was committed before" if last is None else f"the last committed epoch {last} is intact"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RunFolderWriteError(f"could not write {name!r} in {str(run)!r} (disk full?): {reason}; {intact}") from err
+        raise RunFolderWriteError(
+            f"could not write {name!r} in {str(run)!r} (disk full?): {error_line(err)}; {intact}"
+        ) from err
     _crash_point("manifest", epoch)
     for name in writers:
         os.replace(_staged(run, name), run / name)  # replaces a link at the final name, never follows it
@@ -381,11 +385,6 @@ def _read_if_regular(path: Path, size: int) -> bytes | None:
     except (FileNotFoundError, ValueError):
         return None
     return data if len(data) == size else None
-
-
-def _digest_or_none(path: Path, size: int) -> str | None:
-    data = _read_if_regular(path, size)
-    return None if data is None else _sha256(data)
 
 
 def read_set(run: str | os.PathLike[str], names: list[str] | tuple[str, ...]) -> tuple[int | None, dict[str, bytes]]:
@@ -458,16 +457,13 @@ def _raise_damaged(run: Path, name: str, manifest: dict[str, Any]) -> None:
     try:
         found = os.lstat(path)
     except FileNotFoundError:
-        found = None
-    if found is not None and not stat.S_ISREG(found.st_mode):  # a link or a folder: never followed
-        read_regular(path, entry["bytes"])  # raises the ValueError that names what stands there
-    digest = _digest_or_none(path, entry["bytes"])
-    if digest is not None:
-        got = f"got sha256 {digest[:12]}…"
-    elif found is None:
         got = "the file is missing"
     else:
-        got = f"got {found.st_size} bytes, not {entry['bytes']}"
+        if not stat.S_ISREG(found.st_mode):  # a link or a folder: never followed
+            read_regular(path, entry["bytes"])  # raises the ValueError that names what stands there
+        data = _read_if_regular(path, entry["bytes"])
+        sizes = f"got {found.st_size} bytes, not {entry['bytes']}"
+        got = sizes if data is None else f"got sha256 {_sha256(data)[:12]}…"
     raise ValueError(
         f"{str(path)!r} does not match the run's manifest (epoch {manifest['epoch']}: expected sha256 "
         f"{entry['sha256'][:12]}…, {got}); the file is damaged and no older complete set is kept, so train "
@@ -502,5 +498,4 @@ def read_file(run: str | os.PathLike[str], name: str, *, max_bytes: int = MAX_RE
         ValueError: ``name`` is not a plain file name, or the file is a link, not a regular file
             or too large.
     """
-    path = _inside(Path(run), name, "a file of a run folder")
-    return read_regular(path, max_bytes)
+    return read_regular(Path(run) / _plain(name, "a file of a run folder"), max_bytes)

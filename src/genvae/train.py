@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import sys
 import time
 import types
@@ -35,7 +34,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from . import runfolder
-from ._checks import positive_float, positive_int
+from ._checks import error_line, positive_float, positive_int
 from ._files import write_json
 from ._graph import GraphedStep
 from ._step import CompiledAdamStep
@@ -567,26 +566,13 @@ def _read_checkpoint(run: Path, dev: torch.device) -> dict:
     except Exception as err:  # a file that matches its manifest but is not a checkpoint: edited by hand
         raise ValueError(
             f"expected a genvae checkpoint in {str(run / CHECKPOINT_FILE)!r} (tensors and plain values only), "
-            f"could not read it: {_load_failure(err)}"
+            f"could not read it: {error_line(err)}"
         ) from None
     if not isinstance(state, dict):
         raise ValueError(
             f"expected a genvae checkpoint in {str(run / CHECKPOINT_FILE)!r}, got a {type(state).__name__}"
         )
     return state
-
-
-def _load_failure(err: Exception) -> str:
-    """Why ``torch.load(..., weights_only=True)`` refused a file, in one line.
-
-    torch's message for a refused pickle is a paragraph that suggests ``weights_only=False``; the
-    cause is the text after ``WeightsUnpickler error:``.
-    """
-    text = " ".join(str(err).split())
-    if isinstance(err, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
-        cause = text.split("WeightsUnpickler error:", 1)[1].split(". ")[0].strip().rstrip(".")
-        return f"it holds Python objects other than tensors and plain values ({cause}); they were refused unread"
-    return text.split(". ")[0].rstrip(".") or type(err).__name__
 
 
 def _last_good(run: Path | None) -> str:

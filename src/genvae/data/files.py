@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import error_line
 from ._raw import Split, check_split
 from .dataset import Binarize, ImageDataset, check_binarize, classes_from_labels
 
@@ -98,13 +99,6 @@ def _name(path: Path) -> str:
     return repr(str(path))
 
 
-def _reason(err: BaseException) -> str:
-    """One line of ``err``'s message: the line naming a refused global, else the first."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    refused = [line for line in lines if "GLOBAL" in line]
-    return (refused or lines or [type(err).__name__])[0]
-
-
 @contextlib.contextmanager
 def _reading(what: str) -> Iterator[None]:
     """Turn any error of the OS, numpy or Pillow while reading ``what`` (e.g. ``"image 'a.png'"``)
@@ -113,7 +107,7 @@ def _reading(what: str) -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        raise ValueError(f"could not read {what}: {_reason(err)}") from None
+        raise ValueError(f"could not read {what}: {error_line(err)}") from None
 
 
 def _require_magic(path: Path, magics: tuple[bytes, ...], what: str) -> None:
@@ -130,7 +124,7 @@ def _read_npz(path: Path) -> _Arrays:
         with zipfile.ZipFile(path) as z:
             members = z.namelist()
     except zipfile.BadZipFile as err:
-        raise ValueError(f"expected {_name(path)} to be {what}, got: {_reason(err)}") from None
+        raise ValueError(f"expected {_name(path)} to be {what}, got: {error_line(err)}") from None
     others = [m for m in members if not m.endswith(".npy")]
     if others:
         raise ValueError(f"expected {_name(path)} to be {what}, got a zip holding {others[0]!r}")
@@ -150,7 +144,7 @@ def _npz_array(path: Path, npz: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
     try:
         return npz[key]
     except Exception as err:
-        raise ValueError(f"could not read array {key!r} of {_name(path)}: {_reason(err)}") from None
+        raise ValueError(f"could not read array {key!r} of {_name(path)}: {error_line(err)}") from None
 
 
 def _read_npy(path: Path) -> _Arrays:
@@ -159,7 +153,7 @@ def _read_npy(path: Path) -> _Arrays:
     try:
         return np.load(path, allow_pickle=False), None, None
     except Exception as err:  # a pickled (object) array, a truncated file
-        raise ValueError(f"could not read {_name(path)} as {what}: {_reason(err)}") from None
+        raise ValueError(f"could not read {_name(path)} as {what}: {error_line(err)}") from None
 
 
 def _read_pt(path: Path) -> _Arrays:
@@ -173,7 +167,7 @@ def _read_pt(path: Path) -> _Arrays:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a refused global, a corrupt archive, a sparse tensor out of bounds
             raise ValueError(
-                f"could not read {_name(path)} with torch.load(weights_only=True): {_reason(err)}"
+                f"could not read {_name(path)} with torch.load(weights_only=True): {error_line(err)}"
             ) from None
     for w in caught:
         log.info("torch.load warned while reading %s: %s", path, w.message)
@@ -281,7 +275,7 @@ def _read_image(file: str) -> tuple[str, tuple[int, int], np.ndarray]:
     except Image.DecompressionBombError as err:
         raise ValueError(f"{too_large} a larger one in {file!r}: {err}") from None
     except Exception as err:  # Pillow's errors are of many types (OSError, SyntaxError, ValueError)
-        raise ValueError(f"could not read image {file!r}: {_reason(err)}") from None
+        raise ValueError(f"could not read image {file!r}: {error_line(err)}") from None
     with im:
         (width, height), mode = im.size, im.mode
         if width * height > MAX_IMAGE_PIXELS:
