@@ -21,7 +21,7 @@ import torch
 from . import __version__, runfolder
 from ._files import write_json
 from .config import CHOICES, DEFAULT_IW_K, RunConfig, build_model, build_objective, read_config
-from .data.sources import DATASETS
+from .data.sources import datasets
 from .engine import COMPILE_MIN_STEPS, choose_engine
 from .io import load
 
@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dataset",
         dest="dataset",
         metavar="NAME|PATH",
-        help=f"a data set ({', '.join(DATASETS)}) or a .npz/.npy/.pt file or image folder (default mnist)",
+        help=f"a data set ({', '.join(datasets())}) or a .npz/.npy/.pt file or image folder (default mnist)",
     )
     for name, allowed in CHOICES.items():
         t.add_argument(f"--{name.replace('_', '-')}", choices=allowed, default=None)
@@ -281,7 +281,7 @@ def _train(args: argparse.Namespace) -> None:
     names = {f.name for f in fields(RunConfig)}
     settings.update({k: v for k, v in vars(args).items() if k in names and v is not None})
     data = settings.get("dataset")
-    if isinstance(data, str) and data not in DATASETS and Path(data).exists():
+    if isinstance(data, str) and data not in datasets() and Path(data).exists():
         settings["dataset"] = str(Path(data).resolve())  # so that eval finds it from any folder
     cfg = RunConfig(**settings)  # every setting is checked before the data or the disk are touched
     if cfg.out is None:

@@ -44,6 +44,7 @@ from torch.distributions.transforms import ComposeTransform, Transform
 
 from ._checks import positive_int, shape_tuple
 from .protocols import Encoder
+from .registry import register
 
 __all__ = ["FlowDistribution", "FlowEncoder", "FlowHead", "FlowStep", "Householder", "IAF", "Planar"]
 
@@ -138,6 +139,12 @@ def _made_masks(latent_dim: int, hidden: tuple[int, ...]) -> list[Tensor]:
     return masks
 
 
+def _iaf(latent_dim: int, context_features: int | None = None) -> IAF:
+    """An IAF step whose MADE has one hidden layer of max(2D, 64) units."""
+    return IAF(latent_dim, hidden=(max(2 * latent_dim, 64),), context_features=context_features)
+
+
+@register("flow", "iaf", build=_iaf, provides={"factorised": False})
 class IAF(nn.Module):
     """An inverse autoregressive flow step with the gated update of Kingma et al. 2016, §5.
 
@@ -242,6 +249,7 @@ class _IAFTransform(_Step):
 # --------------------------------------------------------------------------- planar
 
 
+@register("flow", "planar", provides={"factorised": False})
 class Planar(nn.Module):
     """A planar step f(z) = z + û tanh(wᵀz + b) (Rezende & Mohamed 2015, https://arxiv.org/abs/1505.05770).
 
@@ -300,6 +308,7 @@ class _PlanarTransform(_Step):
 # --------------------------------------------------------------------------- Householder
 
 
+@register("flow", "householder", provides={"factorised": False})
 class Householder(nn.Module):
     """A Householder reflection f(z) = (I − 2 v vᵀ / ‖v‖²) z, volume preserving (log |det| = 0).
 
@@ -388,6 +397,7 @@ def _gaussian_base(q: object, latent_dim: int, owner: str) -> Independent:
     return q
 
 
+@register("block", "flow-encoder")
 class FlowEncoder(nn.Module):
     """An [`Encoder`][genvae.protocols.Encoder] that turns a Gaussian encoder's posterior into a flow.
 
@@ -489,6 +499,7 @@ def _check_steps(flows: object, latent_dim: int | None, source: str, *, moments_
     return d
 
 
+@register("block", "flow-head")
 class FlowHead(nn.Module):
     """A posterior head made a flow: features → a Gaussian head's posterior pushed through flow steps.
 

@@ -17,6 +17,7 @@ mixture, one per pixel).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from torch.distributions import ContinuousBernoulli as _ContinuousBernoulli
 from torch.distributions import Normal as _Normal
 
 from ._checks import positive_float, positive_int, shape_tuple
+from .registry import register
 
 __all__ = [
     "LOG_SCALE_MIN",
@@ -60,6 +62,7 @@ def _independent(base: Distribution, likelihood: nn.Module) -> Distribution:
     return Independent(base, _known_event_dims(likelihood), validate_args=False)
 
 
+@register("likelihood", "bernoulli")
 class Bernoulli(nn.Module):
     """Factorised Bernoulli from logits: ``log_prob`` is −BCE-with-logits summed over pixels.
 
@@ -88,6 +91,7 @@ class Bernoulli(nn.Module):
         return _independent(base, self)
 
 
+@register("likelihood", "continuous-bernoulli")
 class ContinuousBernoulli(nn.Module):
     """Continuous Bernoulli from logits: a normalised density on [0, 1].
 
@@ -115,6 +119,23 @@ class ContinuousBernoulli(nn.Module):
         return _independent(base, self)
 
 
+def _gaussian(
+    data_shape: tuple[int, ...],
+    event_dims: int,
+    sigma: float = 1.0,
+    learn_sigma: Literal["none", "global", "pixel"] = "none",
+) -> Gaussian:
+    """A Gaussian likelihood whose σ is fixed, one learned σ, or one learned σ per pixel.
+
+    Args:
+        sigma: σ, or its initial value where it is learned.
+        learn_sigma: ``"none"`` (fixed), ``"global"`` (one learned σ) or ``"pixel"`` (one per pixel).
+    """
+    shape = data_shape if learn_sigma == "pixel" else ()
+    return Gaussian(sigma, learned=learn_sigma != "none", shape=shape, event_dims=event_dims)
+
+
+@register("likelihood", "gaussian", build=_gaussian)
 class Gaussian(nn.Module):
     """Gaussian with mean from the decoder and a fixed or learned standard deviation.
 
@@ -489,6 +510,7 @@ def _param_channels(likelihood: nn.Module, params: Tensor, event_dims: int) -> i
     return params.shape[-event_dims]
 
 
+@register("likelihood", "discretized-logistic")
 class DiscretizedLogistic(nn.Module):
     """A discretized logistic per sub-pixel, for 8-bit images stored as x = k/255 (Kingma et al.,
     2016, https://arxiv.org/abs/1606.04934; Salimans et al., 2017, https://arxiv.org/abs/1701.05517).
@@ -538,6 +560,7 @@ def _block_size(channels: int) -> int:
     return 1 + 2 * channels + channels * (channels - 1) // 2
 
 
+@register("likelihood", "logistic-mixture")
 class DiscretizedLogisticMixture(nn.Module):
     """PixelCNN++'s discretized mixture of logistics (Salimans et al., 2017,
     https://arxiv.org/abs/1701.05517), for 8-bit images stored as x = k/255.

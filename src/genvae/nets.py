@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 from ._checks import optional_num_classes, positive_int, shape_tuple
+from .registry import register
 
 __all__ = [
     "ConvDecoder",
@@ -81,6 +82,7 @@ def _gaussian(stats: Tensor) -> Distribution:
     return Independent(Normal(loc, (0.5 * logvar).exp(), validate_args=False), 1, validate_args=False)
 
 
+@register("encoder", "mlp")
 class MLPEncoder(nn.Module):
     """x ``(B, *data_shape)`` → flatten [‖ one-hot y] → hidden layers → (μ, logvar) ``(B, D)`` each.
 
@@ -119,6 +121,7 @@ class MLPEncoder(nn.Module):
         return _gaussian(self.net(h))
 
 
+@register("decoder", "mlp")
 class MLPDecoder(nn.Module):
     """z ``(*S, B, D)`` [‖ one-hot y] → hidden layers → parameters ``(*S, B, *data_shape)``.
 
@@ -164,6 +167,7 @@ def _halvings(size: int, n: int) -> list[int]:
     return sizes
 
 
+@register("encoder", "conv", requires={"image": True})
 class ConvEncoder(nn.Module):
     """Stride-2 3×3 convs ``C[+K] → channels[0] → …`` then a hidden layer → (μ, logvar).
 
@@ -213,6 +217,7 @@ class ConvEncoder(nn.Module):
         return _gaussian(self.head(h))
 
 
+@register("decoder", "conv", requires={"image": True})
 class ConvDecoder(nn.Module):
     """z [‖ one-hot y] → hidden layer → ``channels[0]×h×w`` → stride-2 transposed convs → ``(C, H, W)``.
 
@@ -290,6 +295,7 @@ def _image_shape(value: object, owner: str) -> tuple[int, ...]:
     return shape
 
 
+@register("block", "gated-conv2d")
 class GatedConv2d(nn.Module):
     """Gated convolution h = (W ∗ x + b) ⊙ σ(V ∗ x + c), stride 1, padding ``kernel_size // 2``.
 
@@ -370,6 +376,7 @@ def residual_trunk(in_channels: int, channels: Sequence[int], blocks: int, *, ga
     return nn.Sequential(*layers)
 
 
+@register("encoder", "resnet", requires={"image": True})
 class ResNetEncoder(nn.Module):
     """Stages of residual blocks between stride-2 convs, then a hidden layer → (μ, logvar).
 
@@ -432,6 +439,7 @@ class ResNetEncoder(nn.Module):
         return _gaussian(self.head(self.features(x, y)))
 
 
+@register("decoder", "resnet", requires={"image": True})
 class ResNetDecoder(nn.Module):
     """z [‖ one-hot y] → hidden layer → ``channels[0]×h×w`` → residual stages with stride-2 transposed convs.
 

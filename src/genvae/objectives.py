@@ -30,6 +30,7 @@ from torch.distributions import Distribution, TransformedDistribution
 
 from ._checks import positive_int
 from .schedules import Schedule, as_schedule
+from .registry import register
 from .terms import Terms, total
 
 __all__ = ["DReG", "ELBO", "FreeBits", "IWAE", "Objective", "ObjectiveValue", "STL"]
@@ -98,6 +99,7 @@ def stop_gradient(d: Distribution) -> Distribution:
     return out
 
 
+@register("objective", "elbo")
 @dataclass(frozen=True)
 class ELBO:
     """The evidence lower bound, with the KL weighted by β (β-VAE, Higgins et al. 2017).
@@ -125,6 +127,7 @@ class ELBO:
         return ObjectiveValue(-(ll - beta * kl).mean(), (ll - kl).mean(0))
 
 
+@register("objective", "iwae")
 @dataclass(frozen=True)
 class IWAE:
     """The importance-weighted bound (Burda et al. 2015, https://arxiv.org/abs/1509.00519).
@@ -156,6 +159,7 @@ class IWAE:
         return ObjectiveValue(-_iw_bound(ll + beta * ratio).mean(), bound)
 
 
+@register("objective", "stl", requires={"factorised": True})
 @dataclass(frozen=True)
 class STL:
     """ "Sticking the landing" (Roeder et al. 2017, https://arxiv.org/abs/1703.09194).
@@ -183,6 +187,7 @@ class STL:
         return ObjectiveValue(surrogate - surrogate.detach() - exact.mean().detach(), exact.mean(0))
 
 
+@register("objective", "dreg", requires={"layers": 1, "factorised": True})
 @dataclass(frozen=True)
 class DReG:
     """IWAE with doubly reparameterised gradients (Tucker et al. 2018, https://arxiv.org/abs/1810.04152).
@@ -221,6 +226,7 @@ class DReG:
         return ObjectiveValue(surrogate - surrogate.detach() - bound.mean().detach(), bound)
 
 
+@register("objective", "free-bits", requires={"factorised": True})
 @dataclass(frozen=True)
 class FreeBits:
     """The ELBO with a floor of λ nats on the KL of each latent dimension (Kingma et al. 2016,

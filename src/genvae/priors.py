@@ -16,6 +16,7 @@ from torch.distributions import Categorical, Distribution, Independent, MixtureS
 from ._checks import positive_int, shape_tuple
 from .kl import StandardNormalDistribution, _factors
 from .protocols import Encoder
+from .registry import register
 
 __all__ = ["ConditionalNormal", "LearnedNormal", "MixtureOfGaussians", "StandardNormal", "VampPrior"]
 
@@ -51,6 +52,7 @@ def _gaussian_mixture(logits: Tensor, components: Independent) -> MixtureSameFam
     return _DiagonalGaussianMixture(weights, components, validate_args=False)
 
 
+@register("prior", "standard")
 class StandardNormal(nn.Module):
     """p(z) = N(0, I). Its KL against a Gaussian posterior is closed form and costs O(B·D)."""
 
@@ -64,6 +66,7 @@ class StandardNormal(nn.Module):
         return StandardNormalDistribution(self.loc)
 
 
+@register("prior", "learned")
 class LearnedNormal(nn.Module):
     """p(z) = N(μ, diag σ²) with μ and log σ learned (initialised to N(0, I))."""
 
@@ -78,13 +81,14 @@ class LearnedNormal(nn.Module):
         return Independent(Normal(self.loc, self.log_scale.exp(), validate_args=False), 1, validate_args=False)
 
 
+@register("prior", "mog")
 class MixtureOfGaussians(nn.Module):
     """p(z) = Σ_k π_k N(μ_k, diag σ_k²), all learned; means start spread as N(0, I) draws.
 
     The KL to a Gaussian posterior has no closed form: models estimate it by Monte Carlo.
     """
 
-    def __init__(self, latent_dim: int, num_components: int) -> None:
+    def __init__(self, latent_dim: int, num_components: int = 10) -> None:
         super().__init__()
         self.latent_dim = positive_int("latent_dim", latent_dim)
         self.num_components = positive_int("num_components", num_components)
@@ -98,6 +102,12 @@ class MixtureOfGaussians(nn.Module):
         return _gaussian_mixture(self.logits, components)
 
 
+def _vamp_prior(encoder: Encoder, data_shape: tuple[int, ...], num_pseudo_inputs: int = 500) -> VampPrior:
+    """A VampPrior with the paper's K = 500 pseudo-inputs unless told otherwise."""
+    return VampPrior(encoder, num_pseudo_inputs, data_shape)
+
+
+@register("prior", "vamp", build=_vamp_prior, requires={"conditional": False})
 class VampPrior(nn.Module):
     """Variational mixture of posteriors: p(z) = 1/K Σ_k q(z | u_k) over learned pseudo-inputs u_k.
 
@@ -134,6 +144,7 @@ class VampPrior(nn.Module):
         return MixtureSameFamily(Categorical(logits=logits, validate_args=False), q, validate_args=False)
 
 
+@register("prior", "conditional", requires={"conditional": True})
 class ConditionalNormal(nn.Module):
     """p(z | y) = N(μ_y, diag σ_y²): one learned Gaussian per class (initialised to N(0, I)).
 

@@ -2,7 +2,7 @@
 files), the in-memory data set, the loaders and a synthetic digit set, one module each.
 
 * [`load_data`][genvae.data.sources.load_data] loads a data set by name, or a user's file or image
-  folder by path, through one table of sources.
+  folder by path; each named source registers itself (``@register("data", name)``).
 * [`load_mnist`][genvae.data.mnist.load_mnist] returns MNIST as an
   [`ImageDataset`][genvae.data.dataset.ImageDataset] of uint8 pixels, fetched and verified offline
   where torchvision's download fails.
@@ -18,15 +18,13 @@ from .files import load_file, load_file_split
 from .loader import BatchLoader, StreamingLoader
 from .mnist import MNIST_MD5, cache_dir, fetch_mnist, load_mnist
 from .mnist_like import EMNIST_BALANCED, FASHION_MNIST, KMNIST, load_idx_images
-from .sources import DATASETS, SOURCES, load_data
+from .sources import datasets, load_data
 from .synthetic import synthetic_digits
 
 __all__ = [
-    "DATASETS",
     "EMNIST_BALANCED",
     "FASHION_MNIST",
     "KMNIST",
-    "SOURCES",
     "AnyData",
     "BatchLoader",
     "Binarize",
@@ -35,6 +33,7 @@ __all__ = [
     "as_dataset",
     "MNIST_MD5",
     "cache_dir",
+    "datasets",
     "fetch_mnist",
     "load_cifar10",
     "load_data",

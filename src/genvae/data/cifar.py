@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ._raw import Split, cache_dir, check_split, load_numpy_pickle, torchvision_download, verified
+from ..registry import register
 from .dataset import Binarize, ImageDataset, check_binarize
 
 __all__ = ["BATCHES", "FOLDER", "MD5", "load_cifar10"]
@@ -86,6 +87,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, y.astype(np.int64)
 
 
+@register("data", "cifar10")
 def load_cifar10(
     split: Split,
     *,

@@ -29,6 +29,7 @@ from ._raw import load_numpy_pickle as _load_numpy_pickle
 from ._raw import md5 as _md5
 from ._raw import read_idx as _read_idx
 from ._raw import write_idx as _write_idx
+from ..registry import register
 from .dataset import Binarize, ImageDataset, check_binarize
 
 __all__ = ["MNIST_MD5", "cache_dir", "fetch_mnist", "load_mnist"]
@@ -133,6 +134,7 @@ def fetch_mnist(root: str | os.PathLike[str] | None = None) -> Path:
     return raw
 
 
+@register("data", "mnist")
 def load_mnist(
     split: Literal["train", "test"],
     *,

@@ -18,12 +18,14 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ._raw import Split, cache_dir, check_split, read_idx, torchvision_download, verified
+from ..registry import register
 from .dataset import Binarize, ImageDataset, check_binarize
 
 __all__ = ["EMNIST_BALANCED", "FASHION_MNIST", "KMNIST", "MD5", "IdxImageSet", "load_idx_images"]
@@ -168,3 +170,7 @@ def load_idx_images(
     y = torch.from_numpy(labels.astype(np.int64))
     log.info("loaded %s %s: %d images", spec.name, split, len(y))
     return ImageDataset.from_tensors(x, y, num_classes=spec.num_classes, binarize=binarize, seed=seed)
+
+
+for _name, _set in (("fashion-mnist", FASHION_MNIST), ("kmnist", KMNIST), ("emnist", EMNIST_BALANCED)):
+    register("data", _name)(partial(load_idx_images, _set))

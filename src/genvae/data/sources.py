@@ -1,47 +1,43 @@
-"""The data sources by name: one table, so that adding a data set is one entry.
+"""The data sources by name: each registers itself (``@register("data", name)``), so adding a data
+set is one decorated function.
 
-[`load_data`][genvae.data.sources.load_data] takes a name of [`SOURCES`][genvae.data.sources.SOURCES]
-(``"mnist"``, ``"fashion-mnist"``, ``"kmnist"``, ``"emnist"``, ``"cifar10"``) or the path of an
-existing data file or image folder, read by [`load_file_split`][genvae.data.files.load_file_split].
-A name wins over a file of the same name: write ``./mnist`` for the folder.
+[`load_data`][genvae.data.sources.load_data] takes a registered name (``"mnist"``,
+``"fashion-mnist"``, ``"kmnist"``, ``"emnist"``, ``"cifar10"``, and those of the plugins imported)
+or the path of an existing data file or image folder, read by
+[`load_file_split`][genvae.data.files.load_file_split]. A name wins over a file of the same name:
+write ``./mnist`` for the folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from functools import partial
 from pathlib import Path
 from typing import Protocol
 
+from .. import registry
 from ._raw import Split, check_split
-from .cifar import load_cifar10
+from . import cifar, mnist, mnist_like  # noqa: F401 - their sources register themselves
 from .dataset import Binarize, ImageDataset, check_binarize
 from .files import SUFFIXES, load_file_split
-from .mnist import load_mnist
-from .mnist_like import EMNIST_BALANCED, FASHION_MNIST, KMNIST, load_idx_images
 
-__all__ = ["DATASETS", "SOURCES", "Source", "load_data"]
+__all__ = ["Source", "datasets", "load_data"]
 
 
 class Source(Protocol):
-    """A named data set: returns its ``split``, reading (and if need be fetching) files under ``root``."""
+    """A named data set: returns its ``split``, reading (and if need be fetching) files under ``root``.
+
+    Register one with ``@register("data", "name")`` on the function.
+    """
 
     def __call__(
         self, split: Split, *, root: str | os.PathLike[str] | None, binarize: Binarize, seed: int
     ) -> ImageDataset: ...
 
 
-SOURCES: dict[str, Source] = {
-    "mnist": load_mnist,
-    "fashion-mnist": partial(load_idx_images, FASHION_MNIST),
-    "kmnist": partial(load_idx_images, KMNIST),
-    "emnist": partial(load_idx_images, EMNIST_BALANCED),
-    "cifar10": load_cifar10,
-}
-"""Each data set's name and the function that loads it."""
-DATASETS: tuple[str, ...] = tuple(SOURCES)
-"""The names ``load_data`` knows, e.g. for a command line's choices."""
+def datasets() -> tuple[str, ...]:
+    """The names ``load_data`` knows: genvae's sources and those of the plugins imported."""
+    return registry.names("data")
 
 
 def load_data(
@@ -56,7 +52,7 @@ def load_data(
     (the name, or the absolute path) recorded.
 
     Args:
-        name_or_path: one of [`DATASETS`][genvae.data.sources.DATASETS], else an existing file
+        name_or_path: one of [`datasets()`][genvae.data.sources.datasets], else an existing file
             (``.npz``, ``.npy``, ``.pt``) or folder of images.
         split: ``"train"`` or ``"test"``; a file's test split is a fixed tenth of it
             (see [`load_file_split`][genvae.data.files.load_file_split]).
@@ -71,14 +67,15 @@ def load_data(
     """
     check_split(split)
     check_binarize(binarize)
-    if isinstance(name_or_path, str) and name_or_path in SOURCES:
-        data = SOURCES[name_or_path](split, root=root, binarize=binarize, seed=seed)
+    if isinstance(name_or_path, str) and name_or_path in datasets():
+        source = registry.entry("data", name_or_path).build
+        data = source(split, root=root, binarize=binarize, seed=seed)
         return dataclasses.replace(data, source=name_or_path)
     path = Path(name_or_path).expanduser()
     if path.exists():
         data = load_file_split(path, split, binarize=binarize, seed=seed)
         return dataclasses.replace(data, source=str(path.resolve()))
     raise ValueError(
-        f"expected a data set name ({', '.join(DATASETS)}) or an existing file ({', '.join(SUFFIXES)}) "
+        f"expected a data set name ({', '.join(datasets())}) or an existing file ({', '.join(SUFFIXES)}) "
         f"or image folder, got {str(name_or_path)!r}"
     )
