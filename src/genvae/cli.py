@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import fields
@@ -18,11 +19,12 @@ from typing import Any, NoReturn
 
 import torch
 
-from . import __version__, runfolder
+from . import __version__, registry, runfolder
 from ._files import write_json
-from .config import CHOICES, DEFAULT_IW_K, RunConfig, build_model, build_objective, read_config
+from .config import CHOICES, LEGACY, RunConfig, build_model, build_objective, read_config, steps_per_epoch
 from .data.sources import datasets
 from .engine import COMPILE_MIN_STEPS, choose_engine
+from .plugins import PluginError, import_plugins, installed_plugins, not_imported
 from .io import load
 
 __all__ = ["main"]
@@ -70,13 +72,26 @@ def _positive(kind: type) -> Any:
     return _number(kind)
 
 
+#: The settings that choose a part, with their flags' help.
+_CHOICE_HELP = {
+    "model": "the model",
+    "arch": "the encoder and decoder",
+    "likelihood": "p(x | z)",
+    "prior": "p(z) (default standard; cvae: conditional)",
+    "objective": "the training objective",
+    "posterior_flow": "flow steps after the Gaussian posterior",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
+    from .config import SETTING_CHOICES
+
     p = _Parser(prog="genvae", description="Train, evaluate and sample variational autoencoders.")
     p.add_argument("--version", action="version", version=f"genvae {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model and write a run folder")
-    t.add_argument("--config", type=Path, help="TOML file of settings (flags given here override it)")
+    t.add_argument("--config", type=Path, help="TOML file, or a run's config.json, of settings (flags override it)")
     t.add_argument(
         "--data",
         "--dataset",
@@ -84,31 +99,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME|PATH",
         help=f"a data set ({', '.join(datasets())}) or a .npz/.npy/.pt file or image folder (default mnist)",
     )
-    for name, allowed in CHOICES.items():
-        t.add_argument(f"--{name.replace('_', '-')}", choices=allowed, default=None)
-    t.add_argument("--logistic-components", type=_positive(int), help="logistic-mixture components (default 10)")
-    t.add_argument(
-        "--hidden", type=_ints, help="hidden sizes, e.g. 400 or 512,256 (default 400; cvae: 400,400; conv: 128)"
-    )
-    t.add_argument("--channels", type=_ints, help="conv encoder channels (default 32,64)")
-    t.add_argument("--latent-dim", type=_positive(int), help="latent size (of every layer of an hvae) (default 20)")
-    t.add_argument("--layers", type=_positive(int), help="stochastic layers of an hvae (default 2)")
-    t.add_argument("--flow-length", type=_positive(int), help="steps of --posterior-flow (default 2)")
-    t.add_argument("--sigma", type=_positive(float), help="Gaussian σ (initial value when learned)")
-    t.add_argument("--components", type=_positive(int), help="mixture prior components (default 10)")
-    t.add_argument("--pseudo-inputs", type=_positive(int), help="VampPrior pseudo-inputs (default 500)")
+    for setting, kind in CHOICES.items():
+        extra = ("none",) if setting == "posterior_flow" else ()
+        t.add_argument(
+            f"--{setting.replace('_', '-')}", choices=(*extra, *registry.names(kind)), help=_CHOICE_HELP[setting]
+        )
+    for setting, allowed in SETTING_CHOICES.items():
+        if setting == "binarize":
+            t.add_argument("--binarize", choices=allowed, help="binarize the pixels")
+    t.add_argument("--latent-dim", type=_positive(int), help="latent size (of every layer of an hvae)")
+    t.add_argument("--flow-length", type=_positive(int), help="steps of --posterior-flow")
+    _part_options(t)
     t.add_argument("--epochs", type=_positive(int))
     t.add_argument("--batch-size", type=_positive(int))
     t.add_argument("--lr", type=_positive(float))
-    t.add_argument(
-        "--k",
-        type=_positive(int),
-        help=f"draws per image for the objective (default {DEFAULT_IW_K} for iwae/dreg, else 1)",
-    )
-    t.add_argument(
-        "--free-bits", type=_number(float, zero=True), metavar="λ", help="KL floor in nats per latent dimension (elbo)"
-    )
-    t.add_argument("--beta", type=_number(float, zero=True), help="KL weight β (default 1; cvae with elbo or iwae: 2)")
+    t.add_argument("--beta-schedule", choices=SETTING_CHOICES["beta_schedule"], help="how β rises from 0")
     t.add_argument(
         "--warmup-epochs", type=_number(int, zero=True), help="epochs for β to rise from 0 (linear, cyclical)"
     )
@@ -149,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--iw-samples", type=_positive(int), default=1000, help="importance samples K for the NLL (default 1000)"
     )
-    e.add_argument("--binarize", choices=CHOICES["binarize"], help="default: as trained")
+    e.add_argument("--binarize", choices=SETTING_CHOICES["binarize"], help="default: as trained")
     e.add_argument("--batch-size", type=_positive(int), default=100)
     e.add_argument("--test-subset", type=_positive(int))
     e.add_argument("--device", default="auto")
@@ -165,10 +170,79 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a run folder")
     i.add_argument("run", type=Path)
+    for sub_parser in (t, e, s, i):
+        sub_parser.add_argument(
+            "--plugin",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import this module of your own parts first (repeatable)",
+        )
     _show_defaults(t, {f.name: f.default for f in fields(RunConfig)})
     for sub_parser in (e, s):
         _show_defaults(sub_parser, {a.dest: a.default for a in sub_parser._actions})
     return p
+
+
+#: The kinds whose parts' options are flags, with the setting that chooses the part.
+_OPTION_KINDS = {"model": "model", "encoder": "arch", "decoder": "arch", "likelihood": "likelihood",
+                 "prior": "prior", "objective": "objective", "flow": "posterior-flow"}  # fmt: skip
+
+
+def _part_options(t: argparse.ArgumentParser) -> None:
+    """A flag ``--KIND-OPTION`` for each option of the registered parts of each kind, grouped by
+    kind in ``--help``, and ``--OPTION`` for the chosen part that has it (see ``config.place``);
+    values stay text until the chosen part's option reads them."""
+    taken = {o for a in t._actions for o in a.option_strings}
+    short: dict[str, tuple[list[str], registry.Option]] = {}
+    for kind, setting in _OPTION_KINDS.items():
+        by_name: dict[str, list[tuple[registry.Entry, registry.Option]]] = {}
+        for part in registry.entries(kind):
+            for option in part.options:
+                if option.textual:
+                    by_name.setdefault(option.name, []).append((part, option))
+        group = t.add_argument_group(f"{kind} options", f"options of the part that --{setting} chooses")
+        for name, users in by_name.items():
+            flag = f"--{kind}-{_flag(name)}"
+            helps: dict[str, list[str]] = {}  # the same help for several parts is given once
+            for part, option in users:
+                helps.setdefault(_option_help(option), []).append(part.name)
+            help_text = "; ".join(f"{', '.join(names)}: {text}" for text, names in helps.items())
+            _add_option(group, flag, f"{kind}.{name}", users[0][1], help_text)
+            owners, _ = short.setdefault(name, ([], users[0][1]))
+            owners.append(f"{kind} {', '.join(part.name for part, _ in users)}")
+    group = t.add_argument_group("part options by name", "set the option of whichever chosen part has it")
+    for name, (owners, option) in short.items():
+        if f"--{_flag(name)}" not in taken:
+            _add_option(group, f"--{_flag(name)}", name, option, "; ".join(owners))
+    for key, (kind, name) in LEGACY.items():
+        group.add_argument(f"--{_flag(key)}", dest=key, metavar="VALUE", help=f"same as --{kind}-{_flag(name)}")
+
+
+def _flag(name: str) -> str:
+    return name.rstrip("_").replace("_", "-")
+
+
+_CROSS_REFERENCE = re.compile(r"\[`([^`]*)`\]\[[^\]]*\]")
+
+
+def _option_help(option: registry.Option) -> str:
+    """An option's docstring line as plain text (no cross-references), its values and its default."""
+    text = _CROSS_REFERENCE.sub(r"\1", option.help).replace("``", "").rstrip(".") or option.describe()
+    choices = f" {{{', '.join(map(str, option.choices))}}}" if option.choices else ""
+    default = "" if option.required else f" (default {_shown(option.default)})"
+    return f"{text}{choices}{default}"
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _add_option(group: Any, flag: str, dest: str, option: registry.Option | None, help_text: str) -> None:
+    if option is not None and option.annotation is bool:
+        group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, help=help_text.replace("%", "%%"))
+    else:
+        group.add_argument(flag, dest=dest, metavar="VALUE", help=help_text.replace("%", "%%"))
 
 
 def _show_defaults(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
@@ -197,7 +271,10 @@ def _read_run_config(run: Path) -> RunConfig:
         settings = read_json(run, "config.json")
         if not isinstance(settings, dict):
             raise TypeError(f"expected a JSON object, got {type(settings).__name__}")
-        return RunConfig(**settings)
+        _need_plugins(settings.get("plugins") or [], run)
+        return RunConfig.from_settings(settings, strict=False)  # an earlier version recorded every option
+    except PluginError:
+        raise
     except (ValueError, TypeError) as err:
         raise _UserError(f"expected a valid config.json in {str(run)!r}: {err}") from None
 
@@ -256,18 +333,29 @@ def _run_test_data(run: Path, cfg: RunConfig | None, args: argparse.Namespace):
     return _load(name, "test", binarize, seed, args.test_subset)
 
 
+def _need_plugins(plugins: list[str], run: Path) -> None:
+    """Refuse a run trained with plugins this process has not imported: a run folder never imports."""
+    missing = not_imported([str(p) for p in plugins]) if isinstance(plugins, list) else []
+    if missing:
+        flags = " ".join(f"--plugin {name}" for name in missing)
+        raise PluginError(
+            f"{str(run)!r} was trained with parts of {', '.join(missing)}; pass {flags} to import them "
+            "(a run folder never imports code itself)"
+        )
+
+
 #: Settings a resumed run may change; every other flag must agree with the run's config.json.
 RESUME_MAY_CHANGE = ("epochs", "device", "out")
 
 
 def _resumed(saved: RunConfig, given: dict[str, Any]) -> RunConfig:
     """The saved configuration with the changes ``--resume`` allows; any other difference is an error."""
-    merged = RunConfig(**{**saved.to_dict(), **given})
+    merged = RunConfig.from_settings({**saved.to_dict(), **given})
     for f in fields(RunConfig):
         ours, theirs = getattr(merged, f.name), getattr(saved, f.name)
         if f.name not in RESUME_MAY_CHANGE and ours != theirs:
             raise _UserError(
-                f"--{f.name.replace('_', '-')} {given.get(f.name, ours)} contradicts the run's config.json "
+                f"--{f.name.replace('_', '-')} {_shown(ours)} contradicts the run's config.json "
                 f"({f.name} = {theirs!r}); --resume continues with the saved settings, and only "
                 f"{', '.join('--' + n for n in RESUME_MAY_CHANGE)} may change"
             )
@@ -278,12 +366,18 @@ def _train(args: argparse.Namespace) -> None:
     from .train import resolve_device
 
     settings = read_config(args.config) if args.config else {}
-    names = {f.name for f in fields(RunConfig)}
-    settings.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    given = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
+    for key, value in given.items():
+        kind, dot, name = key.partition(".")
+        if dot:  # --KIND-OPTION: the option of the chosen part of that kind
+            settings.setdefault("options", {}).setdefault(kind, {})[name] = value
+        else:
+            settings[key] = value
+    settings["plugins"] = list(args.plugin)
     data = settings.get("dataset")
     if isinstance(data, str) and data not in datasets() and Path(data).exists():
         settings["dataset"] = str(Path(data).resolve())  # so that eval finds it from any folder
-    cfg = RunConfig(**settings)  # every setting is checked before the data or the disk are touched
+    cfg = RunConfig.from_settings(settings)  # every setting is checked before the data or the disk are touched
     if cfg.out is None:
         if args.resume:
             raise _UserError("expected --out RUN with --resume (the run folder to continue)")
@@ -305,13 +399,16 @@ def _train(args: argparse.Namespace) -> None:
             raise
 
 
+#: Parsed arguments that are not settings of the run.
+_NOT_SETTINGS = ("command", "config", "resume", "no_progress", "plugin")
+
+
 def _shape_note(cfg: RunConfig) -> str:
-    """What the hierarchy and flow options add to a model's one-line summary."""
-    note = f" × {cfg.layers or 2} layers, {cfg.inference}" if cfg.model == "hvae" else ""
+    """What the model's and the flow's options add to a model's one-line summary."""
+    note = "".join(f", {name} {_shown(value)}" for name, value in cfg.options.get("model", {}).items())
     if cfg.posterior_flow == "none":
         return note
-    where = "" if cfg.model != "hvae" else " on each layer below the top" if cfg.prior == "vamp" else " on each layer"
-    return note + f", {cfg.flow_length} {cfg.posterior_flow} flow steps{where}"
+    return note + f", {cfg.flow_length} {cfg.posterior_flow} flow steps"
 
 
 def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, Any], run: Path) -> None:
@@ -336,11 +433,11 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
     torch.manual_seed(cfg.seed)  # the initial weights, so that a seed repeats a run
     model = build_model(cfg, train.data_shape, train.num_classes)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    steps_per_epoch = math.ceil(len(train) // world / cfg.batch_size)
-    objective = build_objective(cfg, steps_per_epoch)
+    objective = build_objective(cfg, steps_per_epoch(len(train), cfg.batch_size, world))
     # "auto" is resolved here, once, so that config.json records what runs and a resume repeats it.
     engine = choose_engine(
-        model, resolve_device(cfg.device), cfg.epochs * steps_per_epoch, compile=cfg.compile, amp=cfg.amp,
+        model, resolve_device(cfg.device), cfg.epochs * steps_per_epoch(len(train), cfg.batch_size, world),
+        compile=cfg.compile, amp=cfg.amp,
         cuda_graph=cfg.cuda_graph, processes=world,
     )  # fmt: skip
     requested = {"compile": cfg.compile, "amp": cfg.amp, "cuda_graph": cfg.cuda_graph}  # fit resolves them alike
@@ -568,9 +665,10 @@ def _info(args: argparse.Namespace) -> None:
         )
         print(f"training   {_plural(cfg.epochs, 'epoch')}, batch {cfg.batch_size}, lr {cfg.lr}, seed {cfg.seed}")
         schedule = "" if cfg.beta_schedule == "constant" else f", {cfg.beta_schedule} over {cfg.warmup_epochs} epochs"
-        free_bits = "" if cfg.free_bits is None else f", free bits {cfg.free_bits} nats"
-        k = cfg.k or (DEFAULT_IW_K if cfg.objective in ("iwae", "dreg") else 1)
-        print(f"objective  {cfg.objective}, k {k}, β {cfg.beta}{schedule}{free_bits}")
+        options = ", ".join(f"{o.name} {_shown(cfg.option('objective', o.name))}" for o in cfg.parts()["objective"].options)
+        print(f"objective  {cfg.objective}{', ' + options if options else ''}{schedule}")
+        if cfg.plugins:
+            print(f"plugins    {', '.join(cfg.plugins)}")
     elif record:
         train = record.get("train") or {}
         source = train.get("source") or f"a {train.get('type', 'tensor')} (not recorded)"
@@ -599,8 +697,26 @@ def _info(args: argparse.Namespace) -> None:
         print(f"{name:<11}{json.dumps(record)}")
 
 
+def _plugins(argv: list[str]) -> list[str]:
+    """The modules of ``--plugin MODULE`` (or ``--plugin=MODULE``) in ``argv``, before it is parsed."""
+    found = []
+    for i, word in enumerate(argv):
+        if word == "--plugin" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif word.startswith("--plugin="):
+            found.append(word.split("=", 1)[1])
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genvae`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:  # the plugins first: their parts are choices and flags of the parser
+        installed_plugins()
+        import_plugins(_plugins(argv))
+    except PluginError as err:
+        print(f"genvae: error: {err}", file=sys.stderr)
+        return 2
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:

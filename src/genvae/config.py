@@ -1,24 +1,28 @@
 """The run configuration behind ``genvae train``, and the model it describes.
 
-This is the one place where names on the command line ("mlp", "bernoulli", "vamp") are mapped to
-parts; the library itself takes the parts as objects.
+The names on the command line and in config files ("mlp", "bernoulli", "vamp") are registry names
+([`genvae.registry`][genvae.registry]): each part registers itself beside its definition, with its
+options and requirements, so this module holds no table of parts. A run chooses one part of each
+kind it uses; each part's options are set by kind (``options["prior"]["num_components"]``), and a
+flat key (``num_components = 20`` in a config file, ``--num-components 20`` on the command line)
+sets the option of that name of whichever chosen part has it (see [`place`][genvae.config.place]).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from collections import ChainMap
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from . import flows, hierarchy, likelihoods, nets, priors
-from ._checks import positive_float, positive_int, shape_tuple
-from .models import CVAE, VAE
-from .objectives import ELBO, IWAE, STL, DReG, FreeBits, Objective
+from . import registry
+from ._checks import positive_float, positive_int
 from .protocols import LatentVariableModel
+from .registry import Entry, Option
 from .schedules import Cyclical, LinearWarmup, Schedule
 
 if sys.version_info >= (3, 11):
@@ -26,70 +30,81 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["CHOICES", "RunConfig", "build_model", "build_objective", "read_config"]
+__all__ = [
+    "CHOICES",
+    "LEGACY",
+    "RunConfig",
+    "build_model",
+    "build_objective",
+    "chosen_parts",
+    "place",
+    "read_config",
+]
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model": ("vae", "cvae", "hvae"),
-    "arch": ("mlp", "conv", "resnet"),
-    "inference": ("top-down", "bottom-up"),
-    "posterior_flow": ("none", "iaf", "planar", "householder"),
-    "likelihood": ("bernoulli", "continuous-bernoulli", "gaussian", "discretized-logistic", "logistic-mixture"),
-    "learn_sigma": ("none", "global", "pixel"),
-    "prior": ("standard", "learned", "mog", "vamp", "conditional"),
+#: The choices of a run: each setting names a part of a registry kind. ``arch`` names the encoder
+#: and the decoder together; ``posterior_flow`` a flow, or "none".
+CHOICES: dict[str, str] = {
+    "model": "model",
+    "arch": "encoder",
+    "likelihood": "likelihood",
+    "prior": "prior",
+    "objective": "objective",
+    "posterior_flow": "flow",
+}
+
+#: Settings that are not choices of a part, with the values they take; the others are numbers.
+SETTING_CHOICES: dict[str, tuple[str, ...]] = {
     "binarize": ("none", "static", "dynamic"),
-    "objective": ("elbo", "iwae", "dreg", "stl"),
     "beta_schedule": ("constant", "linear", "cyclical"),
+}
+
+#: Flat keys of earlier versions that name an option differently: key -> (kind, option).
+LEGACY: dict[str, tuple[str, str]] = {
+    "components": ("prior", "num_components"),
+    "pseudo_inputs": ("prior", "num_pseudo_inputs"),
+    "logistic_components": ("likelihood", "num_components"),
+    "free_bits": ("objective", "lambda_"),
 }
 
 #: What ``--model cvae`` takes where the flags leave these unset: two hidden layers, the KL weighted
 #: twice and a learned prior per class, so that a sample drawn for a label shows that label (the
 #: one-layer VAE defaults often draw another digit after 10 epochs). Chosen by the sweep of
-#: ``benchmarks/cvae_defaults.py``, whose figures are on the results page. β stays 1 with ``dreg``
-#: and ``stl``, which estimate a bound's gradient.
+#: ``benchmarks/cvae_defaults.py``, whose figures are on the results page. β stays 1 with objectives
+#: that estimate a bound's gradient (they have no β).
 CVAE_DEFAULTS: dict[str, Any] = {"hidden": (400, 400), "beta": 2.0, "prior": "conditional"}
-
-#: Importance samples of ``--objective iwae|dreg`` when ``--k`` is not given (Burda et al.'s k = 5).
-DEFAULT_IW_K = 5
 
 
 @dataclass
 class RunConfig:
     """Everything ``genvae train`` needs; the defaults are the classic MNIST VAE
     (Kingma & Welling 2014 / the PyTorch example): MLP 784-400-20, Bernoulli on grayscale pixels,
-    Adam 1e-3, batch 128."""
+    Adam 1e-3, batch 128.
 
-    dataset: str = "mnist"  # a name of genvae.data.DATASETS, or the path of a data file or image folder
+    Build one with [`RunConfig.from_settings`][genvae.config.RunConfig.from_settings] to accept the
+    flat keys of config files and earlier versions.
+    """
+
+    dataset: str = "mnist"  # a registered data set name, or the path of a data file or image folder
     model: str = "vae"  # "cvae" conditions encoder and decoder on the one-hot label; "hvae" stacks layers
-    arch: str = "mlp"  # conv and resnet: stride-2 conv stacks, the latter with residual blocks
-    layers: int | None = None  # stochastic layers of an hvae (None: 2), each of latent_dim
-    inference: str = "top-down"  # hvae: Ladder VAE / NVAE order, or bottom-up as in the IWAE paper
+    arch: str = "mlp"  # the encoder and decoder: mlp; conv and resnet, stride-2 conv stacks
+    likelihood: str = "bernoulli"
+    prior: str | None = None  # None: "standard", or the CVAE's default (CVAE_DEFAULTS)
+    objective: str = "elbo"  # elbo, iwae (Burda et al. 2015), dreg (Tucker et al. 2018), stl, free-bits
     posterior_flow: str = "none"  # IAF (Kingma et al. 2016), planar (Rezende & Mohamed 2015), Householder
     flow_length: int = 2  # flow steps after the Gaussian posterior
-    hidden: tuple[int, ...] | None = None  # None: (400,) for mlp, 128 for conv
-    channels: tuple[int, ...] = (32, 64)  # conv encoder channels; the decoder mirrors them
-    latent_dim: int = 20
-    likelihood: str = "bernoulli"
-    sigma: float = 1.0  # Gaussian σ (initial value when learned)
-    learn_sigma: str = "none"  # Gaussian: fixed σ, one learned σ, or one per pixel
-    logistic_components: int = 10  # logistic-mixture: components per pixel (PixelCNN++ uses 10)
-    prior: str | None = None  # None: "standard", or the CVAE's default (CVAE_DEFAULTS)
-    components: int = 10  # mixture-of-Gaussians prior
-    pseudo_inputs: int = 500  # VampPrior, as in Tomczak & Welling (2018)
+    latent_dim: int = 20  # of every layer of an hvae
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> option -> value
+    plugins: tuple[str, ...] = ()  # modules imported before the parts were looked up
     binarize: str = "none"  # grayscale pixels, as in the PyTorch example
+    beta_schedule: str = "constant"  # linear: warm-up (Bowman et al. 2016); cyclical: Fu et al. 2019
+    warmup_epochs: int = 0  # epochs over which β rises from 0 (in every cycle for cyclical)
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
-    objective: str = "elbo"  # elbo, iwae (Burda et al. 2015), dreg (Tucker et al. 2018), stl (Roeder et al. 2017)
-    k: int | None = None  # draws per example; None: 5 for iwae/dreg, 1 otherwise
-    free_bits: float | None = None  # λ nats per latent dimension (ELBO only; Kingma et al. 2016)
-    beta: float | None = None  # None: 1, or the CVAE's default with elbo/iwae (CVAE_DEFAULTS)
-    beta_schedule: str = "constant"  # linear: warm-up (Bowman et al. 2016); cyclical: Fu et al. 2019
-    warmup_epochs: int = 0  # epochs over which β rises from 0 (in every cycle for cyclical)
-    kl_warmup_epochs: int = 0  # older name of warmup_epochs with a linear schedule; folded into it
     grad_clip: float | None = None
     seed: int = 1
     device: str = "auto"
-    compile: bool | str = "auto"  # "auto": genvae.engine decides; a string other than "auto": the mode
+    compile: bool | str = "auto"  # "auto": the engine decides; a string other than "auto": the mode
     amp: bool | str = "auto"  # bfloat16 autocast; "auto": with compile, on bfloat16 matrix units
     cuda_graph: bool | str = "auto"  # whole-step CUDA graph replay (GPU only); "auto": on a GPU
     train_subset: int | None = None  # first N training images (quick runs)
@@ -97,34 +112,49 @@ class RunConfig:
     out: str | None = None
 
     def __post_init__(self) -> None:
-        self._fill_model_defaults()
-        for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"expected {name} in {{{', '.join(allowed)}}}, got {value!r}")
-        if self.hidden is not None:
-            self.hidden = shape_tuple("hidden", self.hidden)
-        self.channels = shape_tuple("channels", self.channels)
+        if self.prior is None:
+            self.prior = CVAE_DEFAULTS["prior"] if self.model == "cvae" else "standard"
+        for setting, kind in CHOICES.items():
+            value = getattr(self, setting)
+            if setting == "posterior_flow" and value == "none":
+                continue
+            try:
+                registry.entry(kind, value)
+            except ValueError:
+                extra = ("none",) if setting == "posterior_flow" else ()
+                allowed = ", ".join((*extra, *registry.names(kind)))
+                raise ValueError(f"expected {setting} in {{{allowed}}}, got {value!r}") from None
+        for setting, allowed in SETTING_CHOICES.items():
+            if getattr(self, setting) not in allowed:
+                raise ValueError(f"expected {setting} in {{{', '.join(allowed)}}}, got {getattr(self, setting)!r}")
+        self._check_numbers()
+        self.plugins = tuple(self.plugins)
+        if not all(isinstance(p, str) and p for p in self.plugins):
+            raise TypeError(f"expected plugins to be module names, got {self.plugins!r}")
+        self.options = self._checked_options()
+        if self.model == "cvae":
+            self._fill_cvae_defaults()
+        if self.beta_schedule != "constant" and self.warmup_epochs == 0:
+            raise ValueError(f"expected --warmup-epochs N >= 1 with --beta-schedule {self.beta_schedule}, got 0")
+        if self.beta_schedule != "constant" and "beta" not in _option_names(self.parts()["objective"]):
+            raise ValueError(
+                f"expected --beta-schedule constant with --objective {self.objective} (it has no β: it estimates "
+                f"a bound's gradient), got --beta-schedule {self.beta_schedule}"
+            )
+        registry.check(list(self.parts().values()), self.facts())
+
+    def _check_numbers(self) -> None:
         if not (isinstance(self.dataset, str) and self.dataset):
             raise TypeError(f"expected dataset to be a data set name or a path, got {self.dataset!r}")
-        for name in (
-            "latent_dim",
-            "components",
-            "pseudo_inputs",
-            "epochs",
-            "batch_size",
-            "logistic_components",
-            "flow_length",
-        ):
+        for name in ("latent_dim", "epochs", "batch_size", "flow_length"):
             positive_int(name, getattr(self, name))
-        for name in ("k", "train_subset", "test_subset", "layers"):
+        for name in ("train_subset", "test_subset"):
             if getattr(self, name) is not None:
                 positive_int(name, getattr(self, name))
-        positive_float("sigma", self.sigma)
         positive_float("lr", self.lr)
         if self.grad_clip is not None:
             positive_float("grad_clip", self.grad_clip)
-        for name in ("seed", "warmup_epochs", "kl_warmup_epochs"):
+        for name in ("seed", "warmup_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or (name != "seed" and value < 0):
                 raise ValueError(f"expected {name} to be an int{'' if name == 'seed' else ' >= 0'}, got {value!r}")
@@ -136,188 +166,321 @@ class RunConfig:
         for name in ("device", "out"):
             if not isinstance(getattr(self, name), str) and not (name == "out" and self.out is None):
                 raise TypeError(f"expected {name} to be a string, got {getattr(self, name)!r}")
-        if self.prior == "conditional" and self.model != "cvae":
-            raise ValueError("expected --model cvae with --prior conditional, got --model vae")
-        if self.kl_warmup_epochs:
-            if self.beta_schedule != "constant" or self.warmup_epochs:
+
+    def _checked_options(self) -> dict[str, dict[str, Any]]:
+        """The options, each of a chosen part that has it, as a value its type allows."""
+        if not isinstance(self.options, Mapping):
+            raise TypeError(f"expected options to map kinds to {{option: value}}, got {self.options!r}")
+        parts = self.parts()
+        checked: dict[str, dict[str, Any]] = {}
+        for kind, values in self.options.items():
+            if kind not in parts:
+                used = ", ".join(parts)
+                raise ValueError(f"expected options of the run's parts ({used}), got options of {kind!r}")
+            if not isinstance(values, Mapping):
+                raise TypeError(f"expected options[{kind!r}] to map option names to values, got {values!r}")
+            for name, value in values.items():
+                option = _option(parts[kind], name)
+                checked.setdefault(kind, {})[name] = _typed(parts[kind], option, value)
+        return checked
+
+    def _fill_cvae_defaults(self) -> None:
+        for name in ("hidden", "beta"):
+            for kind, part in self.parts().items():
+                if name in _option_names(part) and name not in self.options.get(kind, {}):
+                    default = CVAE_DEFAULTS[name]
+                    if isinstance(default, type(part.option(name).default)):
+                        self.options.setdefault(kind, {})[name] = default
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], *, strict: bool = True) -> RunConfig:
+        """A configuration from flat settings: fields, ``options = {kind: {option: value}}`` (a TOML
+        table ``[options.prior]``), and option names (or the [`LEGACY`][genvae.config.LEGACY] keys) placed on the chosen part that has
+        them (see [`place`][genvae.config.place]).
+
+        Args:
+            settings: the settings.
+            strict: refuse a flat key that no chosen part has; without it such keys are dropped,
+                as a ``config.json`` of an earlier version records every option of every part.
+
+        Raises:
+            ValueError: an unknown key, or an option no chosen part has, or two have.
+        """
+        known = {f.name for f in fields(cls)}
+        base = {k: v for k, v in settings.items() if k in known and k != "options"}
+        options: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (settings.get("options") or {}).items()}
+        flat = {k: v for k, v in settings.items() if k not in known}
+        if flat.pop("kl_warmup_epochs", 0):  # the older name of a linear warm-up
+            warmup = settings["kl_warmup_epochs"]
+            if base.get("beta_schedule", "constant") != "constant" or base.get("warmup_epochs"):
                 raise ValueError("expected --kl-warmup-epochs or --beta-schedule/--warmup-epochs, got both")
-            self.beta_schedule, self.warmup_epochs, self.kl_warmup_epochs = "linear", self.kl_warmup_epochs, 0
-        if not (isinstance(self.beta, (int, float)) and 0 <= self.beta < float("inf")):
-            raise ValueError(f"expected beta to be a finite number >= 0, got {self.beta!r}")
-        if not (isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0):
-            raise ValueError(f"expected warmup_epochs to be an int >= 0, got {self.warmup_epochs!r}")
-        if self.beta_schedule != "constant" and self.warmup_epochs == 0:
-            raise ValueError(f"expected --warmup-epochs N >= 1 with --beta-schedule {self.beta_schedule}, got 0")
-        if self.k is not None and not (isinstance(self.k, int) and self.k >= 1):
-            raise ValueError(f"expected k to be a positive int, got {self.k!r}")
-        if self.free_bits is not None:
-            if self.objective != "elbo":
-                raise ValueError(f"expected --free-bits with --objective elbo, got --objective {self.objective}")
-            if not (isinstance(self.free_bits, (int, float)) and 0 <= self.free_bits < float("inf")):
-                raise ValueError(f"expected free_bits to be a finite number >= 0, got {self.free_bits!r}")
-        if self.objective in ("dreg", "stl") and (self.beta != 1.0 or self.beta_schedule != "constant"):
-            raise ValueError(
-                f"expected --beta 1 and --beta-schedule constant with --objective {self.objective} (it estimates "
-                f"a bound's gradient), got --beta {self.beta} --beta-schedule {self.beta_schedule}"
-            )
-        self._check_model_shape()
-        if self.prior == "vamp" and self.model == "cvae":
-            raise ValueError("expected --model vae with --prior vamp (pseudo-inputs carry no label), got --model cvae")
+            base.update(beta_schedule="linear", warmup_epochs=warmup)
+        if flat.get("free_bits") is not None and base.get("objective", "elbo") == "elbo":
+            base["objective"] = "free-bits"  # the older way to ask for free bits
+        flat = {k: v for k, v in flat.items() if v is not None}
+        draft = cls(**{**base, "options": {}})  # the chosen parts, before their options
+        parts = draft.parts()
+        for key, value in flat.items():
+            try:
+                placed = place(key, parts)
+            except ValueError:
+                if strict:
+                    raise
+                continue
+            for kind, name in placed:
+                options.setdefault(kind, {}).setdefault(name, _mirrored(kind, value))
+        return cls(**{**base, "options": options})
 
-    def _fill_model_defaults(self) -> None:
-        """Fields left None take their model's default: a CVAE's are ``CVAE_DEFAULTS``."""
-        cvae = self.model == "cvae"
-        if self.prior is None:
-            self.prior = CVAE_DEFAULTS["prior"] if cvae else "standard"
-        if self.beta is None:
-            self.beta = CVAE_DEFAULTS["beta"] if cvae and self.objective in ("elbo", "iwae") else 1.0
-        if self.hidden is None and cvae and self.arch == "mlp":
-            self.hidden = CVAE_DEFAULTS["hidden"]
+    def parts(self) -> dict[str, Entry]:
+        """The chosen part of each kind the run uses, by kind; see [`chosen_parts`][genvae.config.chosen_parts]."""
+        return chosen_parts(self.model, self.arch, self.likelihood, self.prior or "standard", self.objective,
+                            self.posterior_flow)  # fmt: skip
 
-    def _check_model_shape(self) -> None:
-        """The hierarchy and flow options fit the model and the objective."""
-        if self.model != "hvae":
-            if self.layers not in (None, 1):
-                raise ValueError(f"expected --model hvae with --layers {self.layers}, got --model {self.model}")
-            if self.inference != "top-down":
-                raise ValueError(f"expected --model hvae with --inference {self.inference}, got --model {self.model}")
-        elif self.objective == "dreg" and (self.layers or 2) > 1:
-            raise ValueError("expected --objective elbo, iwae or stl with --model hvae, got dreg (one layer only)")
-        if self.posterior_flow != "none" and (self.objective in ("dreg", "stl") or self.free_bits is not None):
-            what = "--free-bits" if self.free_bits is not None else f"--objective {self.objective}"
-            raise ValueError(
-                f"expected --objective elbo or iwae with --posterior-flow {self.posterior_flow} (a flow's parameters "
-                f"cannot be stopped, nor its KL split per dimension), got {what}"
-            )
+    def facts(self) -> dict[str, Any]:
+        """What the parts' requirements are checked against before any data is read."""
+        parts = self.parts()
+        model = parts["model"]
+        layers = self.options.get("model", {}).get("layers", _default(model, "layers", 1))
+        return {**{setting: getattr(self, setting) for setting in CHOICES}, "layers": layers}
+
+    def option(self, kind: str, name: str) -> Any:
+        """The value of option ``name`` of the chosen ``kind``: as set, else the part's default."""
+        given = self.options.get(kind, {})
+        return given[name] if name in given else self.parts()[kind].option(name).default
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready copy."""
-        return asdict(self)
+        """JSON-ready copy (what a run writes as ``config.json``; ``--config`` reads it back)."""
+        out = asdict(self)
+        out["plugins"] = list(self.plugins)
+        return out
+
+
+def _option_names(part: Entry) -> tuple[str, ...]:
+    return tuple(o.name for o in part.options)
+
+
+def _default(part: Entry, name: str, otherwise: Any) -> Any:
+    return part.option(name).default if name in _option_names(part) else otherwise
+
+
+def _option(part: Entry, name: str) -> Option:
+    try:
+        option = part.option(name)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    if not option.textual:
+        raise ValueError(f"{part.kind} {part.name!r} option {name!r} is set from Python only ({option.describe()})")
+    return option
+
+
+def _typed(part: Entry, option: Option, value: Any) -> Any:
+    """``value`` (text from a flag, or a value from a config file) as a value of ``option``."""
+    where = f"{part.kind} {part.name!r} option {option.name!r}"
+    if isinstance(value, str) and option.choices is None:
+        try:
+            value = option.parse(value)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+    if isinstance(value, list):
+        value = tuple(value)
+    try:
+        option.parse(_text(value))  # a value of the right type writes text its type reads back
+    except ValueError:
+        raise ValueError(f"{where}: expected {option.describe()}, got {value!r}") from None
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "none" if value is None else str(value)
+
+
+def _mirrored(kind: str, value: Any) -> Any:
+    """A decoder mirrors its encoder: a tuple option given once (``hidden``) is reversed for it."""
+    return tuple(reversed(value)) if kind == "decoder" and isinstance(value, (tuple, list)) else value
+
+
+def chosen_parts(
+    model: str, arch: str, likelihood: str, prior: str, objective: str, posterior_flow: str = "none"
+) -> dict[str, Entry]:
+    """The registry entries a run uses, by kind: the model; the ``arch`` encoder and decoder where
+    the model is built from them (a hierarchy builds its own); the likelihood; the prior; the
+    objective; and the flow, unless ``posterior_flow`` is "none"."""
+    entries = {"model": registry.entry("model", model)}
+    if "encoder" in entries["model"].facts:
+        entries["encoder"] = registry.entry("encoder", arch)
+        entries["decoder"] = registry.entry("decoder", arch)
+    entries["likelihood"] = registry.entry("likelihood", likelihood)
+    entries["prior"] = registry.entry("prior", prior)
+    entries["objective"] = registry.entry("objective", objective)
+    if posterior_flow != "none":
+        entries["flow"] = registry.entry("flow", posterior_flow)
+    return entries
+
+
+def place(key: str, parts: Mapping[str, Entry]) -> list[tuple[str, str]]:
+    """Where a flat key sets an option: ``(kind, option)`` pairs among the chosen ``parts``.
+
+    The rule: ``kind.option`` (or a ``--kind-option`` flag) names the kind; a bare option name (or a
+    [`LEGACY`][genvae.config.LEGACY] key) sets the option of that name of the one chosen part that
+    has it; the encoder and decoder count as one part (the decoder mirrors the encoder). A name
+    that two other chosen parts share must name its kind.
+
+    Raises:
+        ValueError: no chosen part has the option, or two parts of different kinds have it.
+    """
+    kind, dot, name = key.rpartition(".")
+    if dot:
+        return [(kind, name)] if kind in parts else _no_part(key, parts)
+    if key in LEGACY:
+        kind, name = LEGACY[key]
+        return [(kind, name)] if kind in parts and name in _option_names(parts[kind]) else _no_part(key, parts)
+    having = [kind for kind, part in parts.items() if key in _option_names(part)]
+    if not having:
+        return _no_part(key, parts)
+    if len({"encoder" if k == "decoder" else k for k in having}) > 1:
+        kinds = " and ".join(f"{k} {parts[k].name!r}" for k in having)
+        flags = " or ".join(f"--{k}-{key.replace('_', '-')}" for k in having)
+        raise ValueError(f"option {key!r} belongs to {kinds}; name its part: {flags}")
+    return [(kind, key) for kind in having]
+
+
+def _no_part(key: str, parts: Mapping[str, Entry]) -> list[tuple[str, str]]:
+    offered = "; ".join(
+        f"{kind} {part.name!r}: {', '.join(o.name for o in part.options if o.textual) or 'none'}"
+        for kind, part in parts.items()
+    )
+    raise ValueError(f"no part of this run has an option {key!r}; the options are {offered}")
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file of ``RunConfig`` fields (dashes or underscores) into a dict."""
+    """Read a TOML file, or a run's ``config.json``, of settings into a dict (dashes become
+    underscores; a table ``[options.prior]`` sets the prior's options).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not valid TOML or JSON.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"expected a TOML config file, got {str(path)!r}, which does not exist")
+        raise FileNotFoundError(f"expected a TOML or JSON config file, got {str(path)!r}, which does not exist")
+    text = path.read_text()
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"expected valid TOML in {str(path)!r}: {err}") from None
-    known = {f.name for f in fields(RunConfig)}
-    out = {}
-    for key, value in raw.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise ValueError(f"unknown key {key!r} in {str(path)!r}; expected one of {sorted(known)}")
-        out[name] = value
-    return out
+        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"expected valid {'JSON' if path.suffix == '.json' else 'TOML'} in {str(path)!r}: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a table of settings in {str(path)!r}, got {type(raw).__name__}")
+    return {key.replace("-", "_"): value for key, value in raw.items()}
 
 
-def build_objective(cfg: RunConfig, steps_per_epoch: int) -> Objective:
-    """The objective ``cfg`` describes; β schedules count optimizer steps, ``steps_per_epoch`` a epoch."""
-    beta: float | Schedule = cfg.beta
+def build_objective(cfg: RunConfig, steps_per_epoch: int) -> Any:
+    """The objective ``cfg`` chooses, with its options; a β schedule counts optimizer steps, of
+    which an epoch has ``steps_per_epoch``."""
+    options = dict(cfg.options.get("objective", {}))
+    if cfg.beta_schedule != "constant":
+        beta = cfg.option("objective", "beta")
+        options["beta"] = _schedule(cfg, beta, steps_per_epoch)
+    return registry.build(cfg.parts()["objective"], {}, options)
+
+
+def _schedule(cfg: RunConfig, beta: float, steps_per_epoch: int) -> Schedule:
     if cfg.beta_schedule == "linear":
-        beta = LinearWarmup(cfg.beta, steps=cfg.warmup_epochs * steps_per_epoch)
-    elif cfg.beta_schedule == "cyclical":  # rise over warmup_epochs, hold as long (Fu et al.'s R = 0.5)
-        beta = Cyclical(cfg.beta, period=2 * cfg.warmup_epochs * steps_per_epoch, ratio=0.5)
-    if cfg.objective == "iwae":
-        return IWAE(cfg.k or DEFAULT_IW_K, beta=beta)
-    if cfg.objective == "dreg":
-        return DReG(cfg.k or DEFAULT_IW_K)
-    if cfg.objective == "stl":
-        return STL(cfg.k or 1)
-    if cfg.free_bits is not None:
-        return FreeBits(cfg.free_bits, beta=beta, k=cfg.k or 1)
-    return ELBO(beta, k=cfg.k or 1)
+        return LinearWarmup(beta, steps=cfg.warmup_epochs * steps_per_epoch)
+    return Cyclical(beta, period=2 * cfg.warmup_epochs * steps_per_epoch, ratio=0.5)  # Fu et al.'s R = 0.5
 
 
-def _likelihood(cfg: RunConfig, data_shape: tuple[int, ...]) -> Any:
-    event_dims = len(data_shape)
-    if cfg.likelihood == "bernoulli":
-        return likelihoods.Bernoulli(event_dims=event_dims)
-    if cfg.likelihood == "continuous-bernoulli":
-        return likelihoods.ContinuousBernoulli(event_dims=event_dims)
-    if cfg.likelihood == "discretized-logistic":
-        return likelihoods.DiscretizedLogistic(event_dims=event_dims)
-    if cfg.likelihood == "logistic-mixture":
-        return likelihoods.DiscretizedLogisticMixture(cfg.logistic_components, event_dims=event_dims)
-    shape = data_shape if cfg.learn_sigma == "pixel" else ()
-    return likelihoods.Gaussian(cfg.sigma, learned=cfg.learn_sigma != "none", shape=shape, event_dims=event_dims)
+class _Facts(Mapping[str, Any]):
+    """The run's facts, each computed on first use (a prior is built only if the model takes one)."""
 
-
-def _top_prior(cfg: RunConfig, encoder: Any, data_shape: tuple[int, ...], num_classes: int) -> Any:
-    if cfg.prior == "standard":
-        return priors.StandardNormal(cfg.latent_dim)
-    if cfg.prior == "learned":
-        return priors.LearnedNormal(cfg.latent_dim)
-    if cfg.prior == "mog":
-        return priors.MixtureOfGaussians(cfg.latent_dim, cfg.components)
-    if cfg.prior == "vamp":
-        return priors.VampPrior(encoder, cfg.pseudo_inputs, data_shape)
-    return priors.ConditionalNormal(num_classes, cfg.latent_dim)
-
-
-def _flow_steps(cfg: RunConfig) -> Callable[[int], list[Any]] | None:
-    """A function of a latent size D that returns ``cfg.flow_length`` flow steps amortised on the
-    base posterior's (μ, log σ); None without ``--posterior-flow``."""
-    if cfg.posterior_flow == "none":
-        return None
-    make = {
-        "iaf": lambda d: flows.IAF(d, hidden=(max(2 * d, 64),), context_features=2 * d),
-        "planar": lambda d: flows.Planar(d, context_features=2 * d),
-        "householder": lambda d: flows.Householder(d, context_features=2 * d),
-    }[cfg.posterior_flow]
-    return lambda d: [make(d) for _ in range(cfg.flow_length)]
-
-
-def _check_images(cfg: RunConfig, data_shape: tuple[int, ...]) -> None:
-    if len(data_shape) != 3:
-        raise ValueError(
-            f"expected images (C, H, W) for --arch {cfg.arch}, got data of shape {data_shape}; use --arch mlp"
-        )
-
-
-def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int) -> LatentVariableModel:
-    """The VAE, CVAE or hierarchical VAE that ``cfg`` describes, for data of ``data_shape`` with
-    ``num_classes`` labels."""
-    k = num_classes if cfg.model == "cvae" else None
-    likelihood = _likelihood(cfg, data_shape)
-    out_shape = likelihood.param_shape(data_shape)  # the decoder's output: the likelihood's parameters
-    if cfg.model == "hvae":
-        top = None if cfg.prior == "vamp" else _top_prior(cfg, None, data_shape, num_classes)  # vamp: built inside
-        shape = {
-            "likelihood": likelihood,
-            "top_down": cfg.inference == "top-down",
-            "prior": top,
-            "num_pseudo_inputs": cfg.pseudo_inputs if cfg.prior == "vamp" else None,
-            "activation": nn.ReLU,
-            "flow": _flow_steps(cfg),
+    def __init__(self, cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int | None) -> None:
+        self.cfg, self.parts = cfg, cfg.parts()
+        self.known: dict[str, Any] = {
+            "data_shape": data_shape,
+            "event_dims": len(data_shape),
+            "num_classes": num_classes,
+            "latent_dim": cfg.latent_dim,
+            "arch": cfg.arch,
         }
-        dims = (cfg.latent_dim,) * (cfg.layers or 2)
-        if cfg.arch == "mlp":
-            return hierarchy.mlp_hierarchy(data_shape, dims, hidden=cfg.hidden or (400,), **shape)
-        _check_images(cfg, data_shape)
-        return hierarchy.conv_hierarchy(
-            data_shape, dims, channels=cfg.channels, blocks=int(cfg.arch == "resnet"), hidden=(cfg.hidden or (400,))[0],
-            **shape,
-        )  # fmt: skip
-    if cfg.arch == "mlp":
-        hidden = cfg.hidden or (400,)
-        encoder = nets.MLPEncoder(data_shape, cfg.latent_dim, hidden=hidden, num_classes=k)
-        decoder = nets.MLPDecoder(cfg.latent_dim, out_shape, hidden=tuple(reversed(hidden)), num_classes=k)
-    else:
-        _check_images(cfg, data_shape)
-        hidden = (cfg.hidden or (128,))[0]
-        conv, deconv = (
-            (nets.ConvEncoder, nets.ConvDecoder) if cfg.arch == "conv" else (nets.ResNetEncoder, nets.ResNetDecoder)
-        )
-        encoder = conv(data_shape, cfg.latent_dim, channels=cfg.channels, hidden=hidden, num_classes=k)
-        decoder = deconv(
-            cfg.latent_dim, out_shape, channels=tuple(reversed(cfg.channels)), hidden=hidden, num_classes=k
-        )
-    prior = _top_prior(cfg, encoder, data_shape, num_classes)  # a VampPrior shares the Gaussian encoder
-    steps = _flow_steps(cfg)
-    if steps is not None:
-        encoder = flows.FlowEncoder(encoder, steps(cfg.latent_dim))
-    return (CVAE if cfg.model == "cvae" else VAE)(encoder, decoder, likelihood, prior)
+        self.make = {
+            "likelihood": self._likelihood,
+            "flow": self._flow,
+            "encoder": self._encoder,
+            "decoder": self._decoder,
+            "prior": self._prior,
+        }
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.known:
+            if name not in self.make:
+                raise KeyError(name)
+            self.known[name] = self.make[name]()
+        return self.known[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.known or name in self.make
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self.known, **self.make})
+
+    def __len__(self) -> int:
+        return len({**self.known, **self.make})
+
+    def build(self, kind: str, **facts: Any) -> Any:
+        return registry.build(self.parts[kind], ChainMap(facts, self), self.cfg.options.get(kind, {}))
+
+    def _likelihood(self) -> Any:
+        return self.build("likelihood")
+
+    def _flow(self) -> Any:
+        if "flow" not in self.parts:
+            return None
+        length = self.cfg.flow_length
+        return lambda d: [self.build("flow", latent_dim=d, context_features=2 * d) for _ in range(length)]
+
+    def _base_encoder(self) -> Any:
+        if "_base" not in self.known:
+            self.known["_base"] = self.build("encoder")
+        return self.known["_base"]
+
+    def _encoder(self) -> Any:
+        from .flows import FlowEncoder
+
+        base = self._base_encoder()
+        self["decoder"], self["prior"]  # in this order, so that a seed gives the weights it always gave
+        steps = self["flow"]
+        return base if steps is None else FlowEncoder(base, steps(self.cfg.latent_dim))
+
+    def _decoder(self) -> Any:
+        shape = self["likelihood"].param_shape(self.known["data_shape"])  # the likelihood's parameters
+        return self.build("decoder", data_shape=shape)
+
+    def _prior(self) -> Any:
+        if "encoder" in self.parts:
+            return self.build("prior", encoder=self._base_encoder())
+        return lambda encoder: self.build("prior", encoder=encoder)  # the model builds its own encoder
+
+
+def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int | None) -> LatentVariableModel:
+    """The model that ``cfg`` describes, for data of ``data_shape`` with ``num_classes`` labels.
+
+    Raises:
+        ValueError: a part's requirement that the data does not meet (images for a conv
+            encoder, labels for a CVAE), or a value a part refuses.
+    """
+    parts = cfg.parts()
+    conditional = registry.entry("model", cfg.model).provides.get("conditional", False)
+    image = len(data_shape) == 3
+    registry.check(list(parts.values()), {**cfg.facts(), "image": image, "labelled": num_classes is not None})
+    facts = _Facts(cfg, tuple(data_shape), num_classes if conditional else None)
+    if "encoder" in parts:
+        facts["encoder"]  # the parts in the order that gives a seed's weights
+    return registry.build(parts["model"], facts, cfg.options.get("model", {}))
+
+
+def steps_per_epoch(examples: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimizer steps in an epoch of ``examples`` split over ``world_size`` processes."""
+    return math.ceil(examples // world_size / batch_size)
