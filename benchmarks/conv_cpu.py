@@ -35,7 +35,7 @@ from unittest.mock import patch
 import torch
 import torch.nn.functional as F
 
-import genvae.engine
+import genvae.engines.choice
 
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import matmul_rate  # noqa: E402
@@ -161,7 +161,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, (channels_last, options) in loops.items():
             model = conv_vae(channels_last)
-            with patch.object(genvae.engine, "convolutional", lambda m: False) if name in keep_order else nullcontext():
+            keep = patch.object(genvae.engines.choice, "convolutional", lambda m: False)
+            with keep if name in keep_order else nullcontext():
                 result = fit(model, data, epochs=2, batch_size=BATCH, device="cpu", progress=False, **options)
             rates[name].append(result.history[-1].images_per_second)
             engines[name] = result.engine.describe()

@@ -1,4 +1,4 @@
-"""The measurements behind ``genvae.engine``'s automatic choices on a CPU.
+"""The measurements behind ``genvae.engines``'s automatic choices on a CPU.
 
     python benchmarks/engine.py [--quick] [--parts cost quality] [--seeds 1 2 3] [--models mlp conv]
 
@@ -97,7 +97,7 @@ def quality(models: list[str], seeds: list[int], epochs: int, quick: bool) -> li
     """Test −ELBO after ``epochs`` epochs: float32 eager against the long-run default engine."""
     from genvae import VAE
     from genvae.data import load_mnist
-    from genvae.engine import choose_engine
+    from genvae.engines import choose_engine
     from genvae.likelihoods import Bernoulli
     from genvae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
     from genvae.priors import StandardNormal
@@ -150,7 +150,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from genvae.metrics import native_bf16
+    from genvae.engines import native_bf16
 
     path = args.out / f"engine{'-quick' if args.quick else ''}.json"
     record: dict[str, object] = json.loads(path.read_text()) if path.is_file() else {}

@@ -18,11 +18,11 @@ from collections.abc import Callable
 import torch
 
 from genvae import ELBO, VAE
-from genvae._step import CompiledAdamStep
+from genvae.engines import Batch, Step, train_step
+from genvae.engines.whole_step import CompiledAdamStep
 from genvae.likelihoods import Bernoulli
 from genvae.nets import MLPDecoder, MLPEncoder
 from genvae.priors import StandardNormal
-from genvae.step import train_step
 
 SHAPE, LATENT, HIDDEN, PIXELS = (1, 28, 28), 20, 400, 784
 FLOPS_PER_IMAGE = 3.28e6  # one training step, counted by FlopCounterMode (benchmarks/throughput.py)
@@ -42,13 +42,11 @@ def vae_and_adam(fused: bool | None = None) -> tuple[VAE, torch.optim.Adam]:
     return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
 
 
-def adam_step(
-    model: VAE, opt: torch.optim.Adam, count: torch.Tensor
-) -> Callable[[torch.Tensor, torch.Tensor | None], None]:
+def adam_step(model: VAE, opt: torch.optim.Adam, count: torch.Tensor) -> Step:
     """The eager training step: genvae's train_step (loss, autograd, Adam)."""
 
-    def step(x: torch.Tensor, y: torch.Tensor | None) -> None:
-        train_step(model, ELBO(), opt, (x, y), step=count)
+    def step(batch: Batch) -> None:
+        train_step(model, ELBO(), opt, batch, step=count)
 
     return step
 
@@ -69,10 +67,10 @@ def main() -> None:
     whole = CompiledAdamStep(adam_step(model, opt, count), model, ELBO(), opt, count, torch.zeros(()))
 
     def step(i: int) -> None:
-        eager(data.index_select(0, batches[i % len(batches)]), None)  # (B, 1, 28, 28)
+        eager(Batch(data.index_select(0, batches[i % len(batches)])))  # (B, 1, 28, 28)
 
     def compiled(i: int) -> None:
-        whole(data.index_select(0, batches[i % len(batches)]), None)
+        whole(Batch(data.index_select(0, batches[i % len(batches)])))
 
     # The products of one step: 4 forward (with bias), 4 weight gradients, 3 input gradients.
     r = torch.rand

@@ -41,7 +41,7 @@ from tutorial_loop import TutorialVAE, loss_function  # noqa: E402
 
 from genvae import VAE  # noqa: E402
 from genvae.data import ImageDataset, fetch_mnist, load_mnist  # noqa: E402
-from genvae.engine import choose_engine  # noqa: E402
+from genvae.engines import choose_engine  # noqa: E402
 from genvae.likelihoods import Bernoulli  # noqa: E402
 from genvae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder  # noqa: E402
 from genvae.priors import StandardNormal  # noqa: E402

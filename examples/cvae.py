@@ -21,7 +21,7 @@ import time
 import torch
 from _common import classifier, mnist, parse, parser, table, write_results
 
-from genvae import CVAE, VAE
+from genvae import CVAE, ELBO, VAE
 from genvae.likelihoods import Bernoulli
 from genvae.metrics import conditional_accuracy, evaluate_elbo, reconstruction_metrics, sample_fid
 from genvae.nets import MLPDecoder, MLPEncoder
@@ -66,7 +66,7 @@ def main() -> None:
             epochs=epochs,
             batch_size=1024,
             lr=2e-3,
-            beta=args.beta,
+            objective=ELBO(args.beta),
             seed=args.seed,
             device=args.device,
         )

@@ -7,11 +7,10 @@ import json
 import pytest
 import torch
 
-from genvae import VAE, engine
+from genvae import VAE
 from genvae.cli import main
-from genvae.engine import COMPILE_MIN_STEPS, GRAPH_MIN_STEPS, Engine, choose_engine
+from genvae.engines import COMPILE_MIN_STEPS, GRAPH_MIN_STEPS, Engine, choice, choose_engine, native_bf16
 from genvae.likelihoods import Bernoulli
-from genvae.metrics import native_bf16
 from genvae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from genvae.priors import StandardNormal, VampPrior
 from genvae.train import fit
@@ -52,7 +51,7 @@ def test_long_cpu_run_compiles_the_whole_step_with_bf16_where_the_cpu_has_it():
 
 def test_short_cpu_run_stays_eager_in_float32():
     e = choose_engine(mlp(), "cpu", COMPILE_MIN_STEPS - 1)
-    assert e == Engine(False, False, False, False, False, e.reason)
+    assert e == Engine(False, False, False, False, False, e.reason, "cpu")
     assert "not compiled" in e.reason and e.describe() == "eager, float32"
 
 
@@ -121,7 +120,7 @@ def test_fit_reports_and_records_the_engine(tmp_path):
 
 
 def test_fit_compiles_from_the_threshold(monkeypatch, light_compile):
-    monkeypatch.setattr(engine, "COMPILE_MIN_STEPS", 4)
+    monkeypatch.setattr(choice, "COMPILE_MIN_STEPS", 4)
     x = torch.rand(64, *SHAPE)
     short = fit(mlp(), x, epochs=1, batch_size=32, progress=False)  # 2 steps
     long = fit(mlp(), x, epochs=2, batch_size=32, progress=False)  # 4 steps
@@ -147,7 +146,7 @@ def test_cli_records_the_resolved_engine_and_resume_keeps_it(tmp_path, capsys, m
     assert (saved["compile"], saved["amp"], saved["cuda_graph"]) == (False, False, False)
 
     # With a lower threshold a new run would compile; the resumed one keeps its recorded engine.
-    monkeypatch.setattr(engine, "COMPILE_MIN_STEPS", 2)
+    monkeypatch.setattr(choice, "COMPILE_MIN_STEPS", 2)
     assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"]) == 0
     assert json.loads((run / "fit.json").read_text())["engine"]["compile"] is False
     assert main(["info", str(run)]) == 0

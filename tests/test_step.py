@@ -11,8 +11,9 @@ from conftest import OBJECTIVES
 from torch.distributions import Independent, Normal
 
 from genvae import CVAE, ELBO, VAE
-from genvae._step import CompiledAdamStep, compiles_whole
 from genvae.data import synthetic_digits
+from genvae.engines import Batch
+from genvae.engines.whole_step import CompiledAdamStep, compiles_whole
 from genvae.likelihoods import Bernoulli
 from genvae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from genvae.priors import ConditionalNormal, StandardNormal, VampPrior
@@ -29,7 +30,8 @@ def small_vae(seed: int = 0) -> VAE:
 def eager_step(model, opt, objective, count, running, grad_clip):
     """The reference: the objective on the model's terms, autograd and torch.optim.Adam's own step."""
 
-    def step(x, y):
+    def step(batch):
+        x, y = batch
         count.add_(1)
         loss = objective(model.terms(x, y, k=objective.k), count).loss
         opt.zero_grad(set_to_none=True)
@@ -110,9 +112,9 @@ def test_compiled_step_matches_torch_adam(aten_random, float64, kind, objective,
                 opt.param_groups[0].update(betas=(0.85, 0.99), eps=1e-6, weight_decay=0.02)
         xb, yb = x[a:b], (y[a:b] if conditional else None)
         torch.manual_seed(100 + i)
-        step_ref(xb, yb)
+        step_ref(Batch(xb, yb))
         torch.manual_seed(100 + i)
-        step_new(xb, yb)
+        step_new(Batch(xb, yb))
     grads = [p.grad for p in ref.parameters() if p.grad is not None]
     # clip_grad_norm_ rescaled the last step's gradients to norm `clip`: the clipping bit
     assert float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) == pytest.approx(clip, rel=1e-6)
@@ -164,9 +166,9 @@ def step_both(step_ref, step_new, batches) -> None:
     """One step of each on every batch, with the same noise."""
     for i, xb in enumerate(batches):
         torch.manual_seed(i)
-        step_ref(xb, None)
+        step_ref(Batch(xb))
         torch.manual_seed(i)
-        step_new(xb, None)
+        step_new(Batch(xb))
 
 
 def test_compiled_step_updates_buffers_like_eager(aten_random, float64):
@@ -221,7 +223,7 @@ def test_shared_parameters_compile_the_loss_alone():
     model = VAE(encoder, MLPDecoder(4, SHAPE, hidden=(32,)), Bernoulli(), VampPrior(encoder, 8, SHAPE))
     opt = torch.optim.Adam(model.parameters())
     with pytest.raises(ValueError, match="share no parameters"):
-        CompiledAdamStep(lambda x, y: None, model, ELBO(), opt, torch.zeros((), dtype=torch.int64), torch.zeros(()))
+        CompiledAdamStep(lambda batch: None, model, ELBO(), opt, torch.zeros((), dtype=torch.int64), torch.zeros(()))
     train = synthetic_digits(128, seed=0)
     history = fit(model, train, test=train, epochs=2, batch_size=32, device="cpu", compile=True, progress=False).history
     assert history[1].test_loss < history[0].test_loss
@@ -239,12 +241,12 @@ def test_compiled_step_refuses_other_optimizers():
     model = small_vae()
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="expected a torch.optim.Adam .* got SGD"):
-        CompiledAdamStep(lambda x, y: None, model, ELBO(), sgd, torch.zeros((), dtype=torch.int64), torch.zeros(()))
+        CompiledAdamStep(lambda batch: None, model, ELBO(), sgd, torch.zeros((), dtype=torch.int64), torch.zeros(()))
     for option in ("amsgrad", "decoupled_weight_decay"):  # other update rules
         adam = torch.optim.Adam(model.parameters(), **{option: True})
         with pytest.raises(ValueError, match=f"'{option}': True"):
             CompiledAdamStep(
-                lambda x, y: None, model, ELBO(), adam, torch.zeros((), dtype=torch.int64), torch.zeros(())
+                lambda batch: None, model, ELBO(), adam, torch.zeros((), dtype=torch.int64), torch.zeros(())
             )
 
 

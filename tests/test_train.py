@@ -19,7 +19,7 @@ from genvae.likelihoods import Bernoulli
 from genvae.metrics import evaluate_iw_nll
 from genvae.nets import MLPDecoder, MLPEncoder
 from genvae.priors import StandardNormal
-from genvae.schedules import Cyclical, LinearWarmup
+from genvae.schedules import Cyclical, Epochs, LinearWarmup
 from genvae.train import fit
 
 SHAPE = (1, 28, 28)
@@ -456,18 +456,26 @@ def test_a_resumed_run_continues_the_schedule_bit_for_bit(data, tmp_path):
         assert state["step"] == 2 * steps
 
 
-def test_kl_warmup_epochs_is_a_linear_schedule_over_steps(data):
-    """fit(kl_warmup_epochs=2) trains exactly as the objective ELBO(LinearWarmup(β, 2 epochs of steps))."""
+def test_schedule_lengths_in_epochs_become_the_steps_of_the_runs_epochs(data, tmp_path):
+    """ELBO(LinearWarmup(β, steps=Epochs(2))) trains exactly as LinearWarmup(β, 2 epochs of steps),
+    and a cyclical IWAE with its period in epochs as the one with the period in steps; fit.json
+    records the objective in steps. A schedule left in epochs gives no value outside fit."""
     train, _ = data
     steps = -(-len(train) // 32)
-    a, b = small_vae(), small_vae()
     opts = dict(epochs=1, batch_size=32, device="cpu", progress=False)
-    fit(a, train, beta=0.5, kl_warmup_epochs=2, **opts)
-    fit(b, train, objective=ELBO(LinearWarmup(0.5, steps=2 * steps)), **opts)
-    for p, q in zip(a.parameters(), b.parameters()):
-        assert torch.equal(p, q)
-    with pytest.raises(ValueError, match="beta and kl_warmup_epochs at their defaults with an objective"):
-        fit(small_vae(), train, beta=0.5, objective=IWAE(2), **opts)
+    for in_epochs, in_steps in [
+        (ELBO(LinearWarmup(0.5, steps=Epochs(2))), ELBO(LinearWarmup(0.5, steps=2 * steps))),
+        (IWAE(2, beta=Cyclical(1.0, period=Epochs(2))), IWAE(2, beta=Cyclical(1.0, period=2 * steps))),
+    ]:
+        a, b = small_vae(), small_vae()
+        fit(a, train, objective=in_epochs, out=tmp_path / type(in_epochs).__name__, **opts)
+        fit(b, train, objective=in_steps, **opts)
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert torch.equal(p, q)
+        record = json.loads((tmp_path / type(in_epochs).__name__ / "fit.json").read_text())
+        assert record["objective"] == repr(in_steps)
+    with pytest.raises(ValueError, match=r"length in optimizer steps; fit converts Epochs"):
+        LinearWarmup(1.0, steps=Epochs(3)).value(1)
 
 
 def test_metrics_are_recorded_per_epoch_and_do_not_change_training(data, tmp_path):

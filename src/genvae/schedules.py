@@ -3,16 +3,23 @@
 ``step`` counts optimizer steps from 1. It may be a Python int (the value is a float) or a 0-d
 tensor (the value is a tensor, so that a compiled training step reads the step count without a
 host read or a recompilation).
+
+A length may also be given in epochs, ``LinearWarmup(1.0, steps=Epochs(5))``: before training,
+[`fit`][genvae.train.fit] turns it into optimizer steps with
+[`in_steps`][genvae.schedules.in_steps] and the number of batches of its epochs, so that only the
+run that knows that number counts it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, fields, is_dataclass, replace
+from typing import Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor
 
-__all__ = ["Constant", "Cyclical", "LinearWarmup", "Schedule", "as_schedule"]
+__all__ = ["Constant", "Cyclical", "Epochs", "LinearWarmup", "Schedule", "as_schedule", "in_steps"]
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -34,6 +41,36 @@ def _positive_steps(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"expected {name} to be a positive int (optimizer steps), got {value!r}")
     return value
+
+
+@dataclass(frozen=True)
+class Epochs:
+    """A schedule's length in epochs of training: ``LinearWarmup(1.0, steps=Epochs(5))`` rises over
+    five epochs, ``Cyclical(1.0, period=Epochs(4))`` cycles every four.
+
+    [`fit`][genvae.train.fit] turns it into ``n`` × the optimizer steps of one of its epochs before
+    the first step (see [`in_steps`][genvae.schedules.in_steps]); a schedule whose length is still
+    in epochs refuses to give a value.
+    """
+
+    n: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"expected Epochs(n) with n a positive int, got {self.n!r}")
+
+
+def _length(name: str, value: object) -> int | Epochs:
+    return value if isinstance(value, Epochs) else _positive_steps(name, value)
+
+
+def _in_steps(owner: object, length: int | Epochs) -> int:
+    if isinstance(length, Epochs):
+        raise ValueError(
+            f"expected {owner!r} to be given its length in optimizer steps; fit converts Epochs itself, "
+            "elsewhere call in_steps(schedule, steps_per_epoch) first"
+        )
+    return length
 
 
 def _clamp01(t: float | Tensor) -> float | Tensor:
@@ -62,14 +99,14 @@ class LinearWarmup:
     """
 
     beta: float = 1.0
-    steps: int = 1
+    steps: int | Epochs = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "beta", _non_negative("beta", self.beta))
-        _positive_steps("steps", self.steps)
+        _length("steps", self.steps)
 
     def value(self, step: int | Tensor) -> float | Tensor:
-        return self.beta * _clamp01(step / self.steps)
+        return self.beta * _clamp01(step / _in_steps(self, self.steps))
 
 
 @dataclass(frozen=True)
@@ -83,18 +120,19 @@ class Cyclical:
     """
 
     beta: float = 1.0
-    period: int = 1
+    period: int | Epochs = 1
     ratio: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "beta", _non_negative("beta", self.beta))
-        _positive_steps("period", self.period)
+        _length("period", self.period)
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 < self.ratio <= 1:
             raise ValueError(f"expected ratio in (0, 1], got {self.ratio!r}")
 
     def value(self, step: int | Tensor) -> float | Tensor:
-        position = (step - 1) % self.period  # steps into the current cycle, from 0
-        return self.beta * _clamp01(position / (self.period * self.ratio))
+        period = _in_steps(self, self.period)
+        position = (step - 1) % period  # steps into the current cycle, from 0
+        return self.beta * _clamp01(position / (period * self.ratio))
 
 
 def as_schedule(beta: float | Schedule, name: str = "beta") -> Schedule:
@@ -109,3 +147,31 @@ def as_schedule(beta: float | Schedule, name: str = "beta") -> Schedule:
     if not 0 <= beta < float("inf"):
         raise ValueError(f"expected {name} to be a finite number >= 0, got {beta!r}")
     return Constant(float(beta))
+
+
+def in_steps(part: T, steps_per_epoch: int) -> T:
+    """``part`` with every length given in [`Epochs`][genvae.schedules.Epochs] turned into
+    optimizer steps, ``n × steps_per_epoch``.
+
+    ``part`` is a schedule, or a dataclass that holds one in a field (an objective such as
+    ``ELBO(LinearWarmup(1.0, steps=Epochs(5)))``, at any depth); what changes is rebuilt with
+    ``dataclasses.replace``, and what holds no ``Epochs`` is returned as it is. This is how
+    [`fit`][genvae.train.fit] tells the schedules of its objective the batches of its epochs.
+
+    Args:
+        part: a schedule, an objective, or any other value.
+        steps_per_epoch: the optimizer steps of one epoch (a positive int).
+    """
+    _positive_steps("steps_per_epoch", steps_per_epoch)
+    if isinstance(part, Epochs):
+        return part.n * steps_per_epoch  # type: ignore[return-value]
+    if not is_dataclass(part) or isinstance(part, type):
+        return part
+    changes = {}
+    for f in fields(part):
+        if f.init:
+            value = getattr(part, f.name)
+            converted = in_steps(value, steps_per_epoch)
+            if converted is not value:
+                changes[f.name] = converted
+    return replace(part, **changes) if changes else part  # type: ignore[type-var]

@@ -1,12 +1,14 @@
 """Training: ``fit`` runs Adam (or any optimizer) on an objective (the negative ELBO by default),
-with checkpoints that resume bit-identically, a NaN guard, ``torch.compile``/autocast/CUDA graphs
-chosen per run ([`genvae.engine`][genvae.engine]), and
-DistributedDataParallel when started under ``torchrun``. Every engine wraps the one step of
-[`genvae.step`][genvae.step].
+with checkpoints that resume bit-identically, a NaN guard, the engine of its step chosen per run
+([`genvae.engines`][genvae.engines]: compiled or not, bfloat16 or not, a CUDA graph or not), and
+DistributedDataParallel when started under ``torchrun``.
 
-The hot loop does one gather per batch from a device-resident data set, one fused forward/backward
-and one optimizer step; the loss is accumulated on the device and read back to the host only once
-every ``log_every`` steps.
+``fit`` is one loop over named steps: check the arguments, lock the run folder, build what the
+run trains with (``_prepare``: device, data, checkpoint, engine, optimizer, step), check the data,
+record the run, then per epoch train (``_train_epoch``), evaluate (``_finish_epoch``) and commit a
+checkpoint (``_end_epoch``). The hot loop does one gather per batch from a device-resident data
+set and one training step; the loss is accumulated on the device and read back to the host only
+once every ``log_every`` steps.
 """
 
 from __future__ import annotations
@@ -18,36 +20,32 @@ import math
 import os
 import sys
 import time
-import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import cast
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from . import runfolder
 from ._checks import error_line, positive_float, positive_int
 from ._files import write_json
-from ._graph import GraphedStep
-from ._step import CompiledAdamStep
 from .data import AnyData, ImageDataset
 from .data.dataset import as_dataset
 from .data.loader import BatchLoader, StreamingLoader, head, make_loader
-from .engine import Engine, choose_engine
+from .engines import Batch, Engine, Step, choose_engine, make_step
 from .io import MODEL_FILE, describe, save
 from .metrics.likelihood import evaluate_elbo, evaluating
 from .objectives import ELBO, Objective
 from .protocols import LatentVariableModel
-from .schedules import LinearWarmup, as_schedule
-from .step import objective_loss, train_step
+from .schedules import in_steps
 
 __all__ = ["EpochStats", "FitResult", "fit", "resolve_device"]
 
@@ -107,36 +105,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _distributed() -> tuple[int, int, bool]:
-    """(rank, world size, whether this call created the process group) under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, False
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group(
-            "nccl" if torch.cuda.is_available() and os.environ.get("GENVAE_BACKEND") != "gloo" else "gloo"
-        )
-        created = True
-    return dist.get_rank(), dist.get_world_size(), created
-
-
-def _rng_state(device: torch.device, loader: BatchLoader | StreamingLoader) -> dict[str, object]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "loader": loader.generator.get_state(),
-    }
-
-
-def _set_rng_state(state: dict, device: torch.device, loader: BatchLoader | StreamingLoader) -> None:
-    # The checkpoint is loaded onto the training device; generator states are CPU byte tensors.
-    torch.set_rng_state(state["torch"].cpu())
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-    loader.generator.set_state(state["loader"].cpu())
-
-
 def fit(
     model: LatentVariableModel,
     train: AnyData,
@@ -146,8 +114,6 @@ def fit(
     objective: Objective | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,
-    beta: float = 1.0,
-    kl_warmup_epochs: int = 0,
     grad_clip: float | None = None,
     device: str | torch.device = "auto",
     seed: int = 0,
@@ -159,7 +125,7 @@ def fit(
     callbacks: Sequence[Callable[[EpochStats, nn.Module], None]] = (),
     metrics: Mapping[str, Callable[[LatentVariableModel], float]] | None = None,
     optimizer: Callable[[Iterable[nn.Parameter]], Optimizer] | None = None,
-    scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
+    scheduler: Callable[[Optimizer], LRScheduler] | None = None,
     log_every: int = 50,
     progress: bool | None = None,
     in_memory: bool | None = None,
@@ -182,20 +148,22 @@ def fit(
         epochs: total number of epochs (a resumed run continues up to this number).
         test: evaluated after every epoch (single-sample ELBO with a fixed seed); any kind of
             data ``train`` takes.
-        objective: the training objective, e.g. [`IWAE`][genvae.objectives.IWAE] ``(k=5)``; by
-            default [`ELBO`][genvae.objectives.ELBO] with ``beta`` and ``kl_warmup_epochs``. Its
-            β schedule counts optimizer steps from 1, across epochs and resumes.
+        objective: the training objective, e.g. [`IWAE`][genvae.objectives.IWAE] ``(k=5)`` or
+            ``ELBO(LinearWarmup(1.0, steps=Epochs(10)))``; by default
+            [`ELBO`][genvae.objectives.ELBO] ``()``, β = 1. Its β schedule counts optimizer steps
+            from 1, across epochs and resumes; a length given in
+            [`Epochs`][genvae.schedules.Epochs] becomes that many epochs of this run's steps
+            before the first one ([`in_steps`][genvae.schedules.in_steps]; ``fit.json`` records
+            the objective so converted).
         batch_size: images per step.
         lr: learning rate of the default optimizer, Adam (fused where the device supports it).
-        beta: KL weight (β-VAE) of the default objective.
-        kl_warmup_epochs: the default objective's β rises linearly from 0 to ``beta`` over this
-            many epochs, step by step (a [`LinearWarmup`][genvae.schedules.LinearWarmup]).
         grad_clip: clip the global gradient norm to this value.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: seeds the parameters' noise draws and the batch order.
         compile: ``torch.compile`` the step; a string picks its mode, e.g. ``"max-autotune"``;
             ``"auto"`` (the default) decides from the device, the model and the planned number of
-            steps (see [`genvae.engine`][genvae.engine]; ``FitResult.engine`` says what ran). On a
+            steps (see [`genvae.engines`][genvae.engines]; ``FitResult.engine`` says what ran), and
+            on ``resume`` repeats what the run's checkpoint records. On a
             CPU with the default Adam, in one process, the whole step is compiled as one program:
             gradients by `torch.func.grad_and_value` and torch.optim.Adam's update, on the
             optimizer's own state (so checkpoints are unchanged), traced once and compiled by
@@ -215,14 +183,17 @@ def fit(
             elementwise kernels as well. ``"auto"`` (the default) turns it on on a CUDA device
             with the default optimizer.
         out: run folder; after every epoch it receives ``checkpoint.pt`` (weights, optimizer,
-            scheduler and RNG states, history), ``model.safetensors`` and ``history.json`` as one
-            set committed by ``manifest.json`` (see [`genvae.runfolder`][genvae.runfolder]). The
-            folder is locked while ``fit`` runs. Nothing in it is written or removed (leftovers of
-            a killed write, ``fit.json``) until every check has passed and, with ``resume``, the
-            checkpoint has been read into the model and optimizer: a call that fails leaves the
-            folder as it was.
+            scheduler and RNG states, step count, history and the engine), ``model.safetensors``
+            and ``history.json`` as one set committed by ``manifest.json`` (see
+            [`genvae.runfolder`][genvae.runfolder]). The folder is locked while ``fit`` runs.
+            Nothing in it is written or removed (leftovers of a killed write, ``fit.json``) until
+            every check has passed and, with ``resume``, the checkpoint has been read into the
+            model and optimizer: a call that fails leaves the folder as it was.
         resume: continue from the verified set in ``out`` (from scratch if it has none yet); the
-            weights then match an uninterrupted run bit for bit on the CPU.
+            weights then match an uninterrupted run bit for bit on the CPU. Settings of
+            ``compile``, ``amp`` and ``cuda_graph`` left at ``"auto"`` take the values of the
+            engine the checkpoint records (on the same kind of device), so that the resumed run
+            repeats the engine the run started with.
         callbacks: called as ``callback(stats, model)`` after every epoch (rank 0 only).
         metrics: ``{name: fn}``; after every epoch ``fn(model)`` (in eval mode, rank 0 only) gives a
             number recorded in ``EpochStats.metrics`` and ``history.json``, e.g.
@@ -254,48 +225,96 @@ def fit(
     """
     train = as_dataset(train, "train", in_memory=in_memory)
     test = as_dataset(test, "test", in_memory=in_memory) if test is not None else None
+    _check_arguments(epochs, batch_size, lr, log_every, grad_clip, objective, metrics)
+    rank, world, created_group = _distributed()
+    folder = Path(out) if out is not None else None
+    with ExitStack() as stack:
+        if created_group:
+            stack.callback(dist.destroy_process_group)
+        if folder is not None and rank == 0:
+            _check_describable(model)
+            stack.enter_context(runfolder.lock(folder))  # before anything is read from or written to the folder
+        run = _prepare(
+            model, train, folder, rank, world, epochs=epochs, objective=objective, batch_size=batch_size, lr=lr,
+            grad_clip=grad_clip, device=device, seed=seed, engine={"compile": compile, "amp": amp,
+            "cuda_graph": cuda_graph}, resume=resume, optimizer=optimizer, scheduler=scheduler,
+            num_workers=num_workers,
+        )  # fmt: skip
+        _check_data(model, train, run.dev)
+        if folder is not None and rank == 0:  # every check has passed: the first writes to the folder
+            record = _describe_fit(train, test, run.objective, epochs, batch_size, lr, seed, run.engine)
+            _write_records(folder, config, record)
+        show = progress if progress is not None else sys.stderr.isatty()
+        with model.validate_args(False):
+            for epoch in range(run.start, epochs):
+                seen, seconds = _train_epoch(run, epoch, epochs, log_every, show)
+                stats = _finish_epoch(run, epoch, seen, seconds, test, seed, metrics)
+                _end_epoch(run, stats, callbacks)
+    return FitResult(run.history, folder, run.engine)
+
+
+@dataclass
+class _Run:
+    """What one call of ``fit`` trains with, built by ``_prepare`` before the first epoch."""
+
+    model: LatentVariableModel
+    objective: Objective  # with its schedules' lengths in optimizer steps
+    engine: Engine
+    step: Step
+    loader: BatchLoader | StreamingLoader
+    opt: Optimizer
+    sched: LRScheduler | None
+    count: Tensor  # () int64: optimizer steps taken; drives β schedules and is checkpointed
+    running: Tensor  # () the epoch's summed loss, read back every log_every steps
+    dev: torch.device
+    rank: int
+    world: int
+    folder: Path | None
+    history: list[EpochStats]  # every epoch so far, those of a resumed checkpoint included
+    start: int  # the first epoch to train, from 0
+
+
+def _check_arguments(
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    log_every: int,
+    grad_clip: float | None,
+    objective: Objective | None,
+    metrics: Mapping[str, Callable[[LatentVariableModel], float]] | None,
+) -> None:
+    """Fail, naming the argument, before anything is built, read or written."""
     positive_int("epochs", epochs)
     positive_int("batch_size", batch_size)
     positive_int("log_every", log_every)
     positive_float("lr", lr)
-    as_schedule(beta)
-    if isinstance(kl_warmup_epochs, bool) or not (isinstance(kl_warmup_epochs, int) and kl_warmup_epochs >= 0):
-        raise ValueError(f"expected kl_warmup_epochs to be an int >= 0, got {kl_warmup_epochs!r}")
-    if objective is not None and (beta != 1.0 or kl_warmup_epochs):
-        raise ValueError(
-            f"expected beta and kl_warmup_epochs at their defaults with an objective (give the objective its "
-            f"β schedule), got beta={beta!r}, kl_warmup_epochs={kl_warmup_epochs!r} and {objective!r}"
-        )
+    if grad_clip is not None:
+        positive_float("grad_clip", grad_clip)
     if objective is not None and not (callable(objective) and hasattr(objective, "k")):
         raise TypeError(f"expected objective to be an Objective (callable, with k), got {type(objective).__name__}")
     for name, fn in (metrics or {}).items():
         if not (isinstance(name, str) and callable(fn)):
             raise TypeError(f"expected metrics as {{name: fn(model) -> float}}, got {name!r}: {fn!r}")
-    if grad_clip is not None:
-        positive_float("grad_clip", grad_clip)
-
-    rank, world, created_group = _distributed()
-    run = Path(out) if out is not None else None
-    with ExitStack() as stack:
-        if created_group:
-            stack.callback(dist.destroy_process_group)
-        if run is not None and rank == 0:
-            _check_describable(model)
-            stack.enter_context(runfolder.lock(run))  # before anything is read from or written to the folder
-        return _fit(
-            model, train, test, run, rank, world, epochs=epochs, objective=objective, batch_size=batch_size,
-            lr=lr, beta=beta, kl_warmup_epochs=kl_warmup_epochs, grad_clip=grad_clip, device=device, seed=seed,
-            compile=compile, amp=amp, cuda_graph=cuda_graph, resume=resume, callbacks=callbacks, metrics=metrics,
-            optimizer=optimizer, scheduler=scheduler, log_every=log_every, progress=progress,
-            num_workers=num_workers, config=config,
-        )  # fmt: skip
 
 
-def _fit(
+def _distributed() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group) under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "nccl" if torch.cuda.is_available() and os.environ.get("GENVAE_BACKEND") != "gloo" else "gloo"
+        )
+        created = True
+    return dist.get_rank(), dist.get_world_size(), created
+
+
+def _prepare(
     model: LatentVariableModel,
     train: ImageDataset | Dataset,
-    test: ImageDataset | Dataset | None,
-    run: Path | None,
+    folder: Path | None,
     rank: int,
     world: int,
     *,
@@ -303,211 +322,245 @@ def _fit(
     objective: Objective | None,
     batch_size: int,
     lr: float,
-    beta: float,
-    kl_warmup_epochs: int,
     grad_clip: float | None,
     device: str | torch.device,
     seed: int,
-    compile: bool | str,
-    amp: bool | str,
-    cuda_graph: bool | str,
+    engine: Mapping[str, bool | str],
     resume: bool,
-    callbacks: Sequence[Callable[[EpochStats, nn.Module], None]],
-    metrics: Mapping[str, Callable[[LatentVariableModel], float]] | None,
     optimizer: Callable[[Iterable[nn.Parameter]], Optimizer] | None,
-    scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None,
-    log_every: int,
-    progress: bool | None,
+    scheduler: Callable[[Optimizer], LRScheduler] | None,
     num_workers: int | None,
-    config: Mapping[str, object] | None,
-) -> FitResult:
-    """The body of [`fit`][genvae.train.fit], with its arguments checked and the run folder locked."""
+) -> _Run:
+    """Build what the run trains with, in order: device, folder check, data, the checkpoint to
+    resume, engine (``engine`` holds fit's ``compile``, ``amp`` and ``cuda_graph``), optimizer,
+    the restored state and the step. Reads only: nothing is written to the folder."""
+    dev = _training_device(device, rank, world)
+    committed = _committed_epoch(folder, resume)
+    torch.manual_seed(seed + rank)
+    model.to(dev)
+    loader = make_loader(
+        train, batch_size, shuffle=True, drop_last=False, device=dev, rank=rank, world_size=world,
+        generator=torch.Generator().manual_seed(seed), dtype=next(model.parameters()).dtype, num_workers=num_workers,
+    )  # fmt: skip
+    state = _read_checkpoint(folder, dev) if folder is not None and resume and committed is not None else None
+    chosen = choose_engine(
+        model, dev, epochs * len(loader), **engine, default_optimizer=optimizer is None, processes=world,
+        recorded=_recorded_engine(state, folder),
+    )  # fmt: skip
+    if rank == 0:
+        log.info("engine: %s (%s)", chosen.describe(), chosen.reason)
+    if chosen.channels_last:
+        model.to(memory_format=torch.channels_last)  # the weights' layout; values and names unchanged
+    opt = _optimizer(model, chosen, lr, dev, optimizer)
+    sched = scheduler(opt) if scheduler is not None else None
+    count = torch.zeros((), dtype=torch.int64, device=dev)
+    history, start = [], 0
+    if state is not None:
+        history, start = _restore(state, folder, model, opt, sched, loader, count, rank)
+    objective = in_steps(objective if objective is not None else ELBO(), len(loader))
+    net = model if world == 1 else nn.parallel.DistributedDataParallel(model, device_ids=_ddp_ids(dev))
+    running = torch.zeros((), device=dev)
+    step = make_step(net, objective, opt, chosen, step=count, running=running, grad_clip=grad_clip)
+    return _Run(
+        model, objective, chosen, step, loader, opt, sched, count, running, dev, rank, world, folder, history, start
+    )
+
+
+def _training_device(device: str | torch.device, rank: int, world: int) -> torch.device:
+    """The resolved device; under torchrun on GPUs, this process's own GPU (``LOCAL_RANK``)."""
     dev = resolve_device(device)
-    if cuda_graph is True and (dev.type != "cuda" or world > 1):
-        raise ValueError(
-            f"expected cuda_graph=True on a single CUDA device, got device {str(dev)!r} and {world} processes"
-        )
     if world > 1 and dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(dev)
-    committed = runfolder.complete_epoch(run) if run is not None else None
-    if run is not None and committed is None and os.path.lexists(run / CHECKPOINT_FILE):
+    return dev
+
+
+def _ddp_ids(dev: torch.device) -> list[int] | None:
+    return [dev.index] if dev.type == "cuda" else None
+
+
+def _committed_epoch(folder: Path | None, resume: bool) -> int | None:
+    """The last committed epoch of ``folder`` (None for none); a checkpoint without a manifest, or
+    one that ``resume`` does not continue, is an error."""
+    if folder is None:
+        return None
+    committed = runfolder.complete_epoch(folder)
+    if committed is None and os.path.lexists(folder / CHECKPOINT_FILE):
         raise ValueError(
-            f"expected a manifest.json beside {str(run / CHECKPOINT_FILE)!r} (genvae 0.2 run folders have one), "
+            f"expected a manifest.json beside {str(folder / CHECKPOINT_FILE)!r} (genvae 0.2 run folders have one), "
             "found none, so the checkpoint cannot be verified; train into a new folder"
         )
     if committed is not None and not resume:
         raise FileExistsError(
-            f"expected an empty run folder, but {str(run)!r} holds a checkpoint of epoch {committed}; pass "
+            f"expected an empty run folder, but {str(folder)!r} holds a checkpoint of epoch {committed}; pass "
             "resume=True to continue that run or choose another out"
         )
+    return committed
 
-    torch.manual_seed(seed + rank)
-    model.to(dev)
-    dtype = next(model.parameters()).dtype
+
+def _recorded_engine(state: dict | None, folder: Path | None) -> Engine | None:
+    """The engine a resumed run started with, as its checkpoint records it (None without one)."""
+    record = state.get("engine") if state is not None else None
+    if record is None:
+        return None
+    try:
+        return Engine(**record)
+    except TypeError:
+        raise ValueError(
+            f"expected the engine recorded in {str(Path(str(folder)) / CHECKPOINT_FILE)!r} to hold the fields of an "
+            f"Engine, got {record!r}"
+        ) from None
+
+
+def _optimizer(
+    model: nn.Module,
+    engine: Engine,
+    lr: float,
+    dev: torch.device,
+    factory: Callable[[Iterable[nn.Parameter]], Optimizer] | None,
+) -> Optimizer:
+    """``factory`` on the trainable parameters, or the default Adam: fused where the device has
+    it; under a CUDA graph capturable, its learning rate a device tensor so that a scheduler's
+    updates reach the captured kernels."""
     params = [p for p in model.parameters() if p.requires_grad]
-    loader = make_loader(
-        train,
-        batch_size,
-        shuffle=True,
-        drop_last=False,
-        device=dev,
-        rank=rank,
-        world_size=world,
-        generator=torch.Generator().manual_seed(seed),
-        dtype=dtype,
-        num_workers=num_workers,
+    if factory is not None:
+        return factory(params)
+    return torch.optim.Adam(
+        params,
+        lr=torch.tensor(lr, device=dev) if engine.cuda_graph else lr,
+        fused=dev.type in ("cpu", "cuda"),
+        capturable=engine.cuda_graph,
     )
-    steps_per_epoch = len(loader)
-    # Decided from the whole run's plan, so that a resumed run keeps the engine it started with.
-    engine = choose_engine(
-        model, dev, epochs * steps_per_epoch, compile=compile, amp=amp, cuda_graph=cuda_graph,
-        default_optimizer=optimizer is None, processes=world,
-    )  # fmt: skip
-    compile, amp, cuda_graph = engine.compile, engine.amp, engine.cuda_graph
-    if engine.channels_last:
-        model.to(memory_format=torch.channels_last)  # the weights' layout; values and names unchanged
-    if rank == 0:
-        log.info("engine: %s (%s)", engine.describe(), engine.reason)
-    if optimizer is None:
-        # Under a CUDA graph the learning rate is a device tensor, so that a scheduler's updates
-        # reach the captured kernels.
-        opt: Optimizer = torch.optim.Adam(
-            params,
-            lr=torch.tensor(lr, device=dev) if cuda_graph else lr,
-            fused=dev.type in ("cpu", "cuda"),
-            capturable=cuda_graph,
-        )
-    else:
-        opt = optimizer(params)
-        if cuda_graph and not opt.defaults.get("capturable", False):
-            raise ValueError(
-                f"expected an optimizer built with capturable=True for cuda_graph=True, got "
-                f"{type(opt).__name__} with capturable={opt.defaults.get('capturable')}"
-            )
-    sched = scheduler(opt) if scheduler is not None else None
+
+
+def _restore(
+    state: dict,
+    folder: Path | None,
+    model: nn.Module,
+    opt: Optimizer,
+    sched: LRScheduler | None,
+    loader: BatchLoader | StreamingLoader,
+    count: Tensor,
+    rank: int,
+) -> tuple[list[EpochStats], int]:
+    """Load a checkpoint into the model, optimizer, scheduler, step count and random states:
+    the history so far and the epoch to start from."""
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler") is not None:
+            sched.load_state_dict(state["scheduler"])
+        history = [EpochStats(**h) for h in state["history"]]
+        start = int(state["epoch"])
+        count.fill_(int(state.get("step", start * len(loader))))
+        _set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"], count.device, loader)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise ValueError(
+            f"the checkpoint in {str(folder)!r} does not fit this model and optimizer (resume with the settings "
+            f"it was trained with): {str(err).strip().splitlines()[0]}"
+        ) from None
+    log.info("resuming %s at epoch %d", folder, start + 1)
+    return history, start
+
+
+def _check_data(model: LatentVariableModel, train: ImageDataset | Dataset, dev: torch.device) -> None:
+    """Check the first examples once through the model, so that the steps can skip their value checks
+    (host reads): values, labels, the likelihood's event shape. In eval mode with the random state
+    forked, so that the check changes no buffer and no draw."""
+    x0, y0 = head(train, 1024, next(model.parameters()).dtype)
     conditional = model.num_classes is not None
-    if objective is None:
-        objective = ELBO(LinearWarmup(beta, kl_warmup_epochs * steps_per_epoch) if kl_warmup_epochs else beta)
-    count = torch.zeros((), dtype=torch.int64, device=dev)  # optimizer steps taken; drives β schedules
-
-    history: list[EpochStats] = []
-    start = 0
-    if resume and run is not None and committed is not None:
-        state = _read_checkpoint(run, dev)
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            if sched is not None and state.get("scheduler") is not None:
-                sched.load_state_dict(state["scheduler"])
-            history = [EpochStats(**h) for h in state["history"]]
-            start = int(state["epoch"])
-            count.fill_(int(state.get("step", start * steps_per_epoch)))
-            _set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"], dev, loader)
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
-            raise ValueError(
-                f"the checkpoint in {str(run)!r} does not fit this model and optimizer (resume with the settings "
-                f"it was trained with): {str(err).strip().splitlines()[0]}"
-            ) from None
-        log.info("resuming %s at epoch %d", run, start + 1)
-
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-    mode = compile if isinstance(compile, str) else None
-    # On a CPU, with the default Adam, the whole step is compiled (see _step.py); elsewhere the loss.
-    whole_step = engine.whole_step
-    loss_fn = torch.compile(_own_copy(objective_loss), mode=mode) if compile and not whole_step else objective_loss
-    show = progress if progress is not None else sys.stderr.isatty()
-    running = torch.zeros((), device=dev)  # the epoch's summed loss, read back every log_every steps
-
-    def eager(x: torch.Tensor, y: torch.Tensor | None) -> None:
-        train_step(net, objective, opt, (x, y), step=count, running=running, amp=amp, grad_clip=grad_clip, loss=loss_fn)
-
-    step_fn: Callable[[torch.Tensor, torch.Tensor | None], None] = eager
-    if cuda_graph:
-        step_fn = GraphedStep(eager)
-    elif whole_step:
-        adam = cast(torch.optim.Adam, opt)  # whole_step implies the default optimizer
-        step_fn = CompiledAdamStep(
-            eager, model, objective, adam, count, running, amp=amp, grad_clip=grad_clip, mode=mode
-        )
-
-    # The data are checked once here, so the per-step value checks (host reads) can be skipped.
-    x0, y0 = head(train, 1024, dtype)
     if conditional and y0 is None:
         raise ValueError(f"expected labelled train data for a conditional model, got {type(train).__name__} without")
-    # In eval mode with the random state forked, so that the check changes no buffer and no draw.
     with model.validate_args(True), evaluating(model):
-        model.terms(x0.to(dev), y0.to(dev) if conditional else None)  # values, labels, the likelihood's event shape
-    if run is not None and rank == 0:  # every check has passed: the first writes to the folder
-        removed = runfolder.recover(run)
-        if removed:
-            log.warning("removed leftovers of a killed write in %s: %s", run, ", ".join(removed))
-        if config is not None:
-            write_json(run / CONFIG_FILE, dict(config))
-        write_json(run / FIT_FILE, _describe_fit(train, test, objective, epochs, batch_size, lr, seed, engine))
-    with model.validate_args(False):
-        for epoch in range(start, epochs):
-            model.train()
-            running.zero_()
-            seen, t0 = 0, time.perf_counter()
-            bar = tqdm(
-                loader,
-                total=steps_per_epoch,
-                desc=f"epoch {epoch + 1}/{epochs}",
-                disable=not show or rank != 0,
-                leave=False,
-            )
-            for step, (x, y) in enumerate(bar, start=1):
-                step_fn(x, y if conditional else None)
-                seen += x.shape[0]
-                if step % log_every == 0 or step == steps_per_epoch:
-                    mean = float(running) / step
-                    if not math.isfinite(mean):
-                        raise FloatingPointError(
-                            f"loss is {mean} at epoch {epoch + 1}, step {step} (checked every {log_every} steps); "
-                            + _last_good(run)
-                        )
-                    bar.set_postfix(loss=f"{mean:.2f}")
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            seconds = time.perf_counter() - t0
-            train_loss = float(running) / steps_per_epoch
-            if not _finite(model, opt):
+        model.terms(x0.to(dev), y0.to(dev) if conditional else None)
+
+
+def _write_records(folder: Path, config: Mapping[str, object] | None, record: dict[str, object]) -> None:
+    """The first writes to the folder: a killed write's leftovers removed, ``config.json`` and ``fit.json``."""
+    removed = runfolder.recover(folder)
+    if removed:
+        log.warning("removed leftovers of a killed write in %s: %s", folder, ", ".join(removed))
+    if config is not None:
+        write_json(folder / CONFIG_FILE, dict(config))
+    write_json(folder / FIT_FILE, record)
+
+
+def _train_epoch(run: _Run, epoch: int, epochs: int, log_every: int, show: bool) -> tuple[int, float]:
+    """One pass over this process's batches: (examples seen, seconds). The loss is summed in
+    ``run.running`` and read back, with a NaN check, every ``log_every`` steps and at the end."""
+    run.model.train()
+    run.running.zero_()
+    step, conditional, steps = run.step, run.model.num_classes is not None, len(run.loader)
+    seen, t0 = 0, time.perf_counter()
+    bar = tqdm(
+        run.loader, total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not show or run.rank != 0, leave=False
+    )
+    for i, (x, y) in enumerate(bar, start=1):
+        step(Batch(x, y if conditional else None))
+        seen += x.shape[0]
+        if i % log_every == 0 or i == steps:
+            mean = float(run.running) / i
+            if not math.isfinite(mean):
                 raise FloatingPointError(
-                    f"the weights or the optimizer's state became NaN or inf in epoch {epoch + 1} (its losses were "
-                    "finite, so in the last step's update); " + _last_good(run)
+                    f"loss is {mean} at epoch {epoch + 1}, step {i} (checked every {log_every} steps); "
+                    + _last_good(run.folder)
                 )
-            summary = evaluate_elbo(model, test, seed=seed) if test is not None and rank == 0 else None
-            if summary is not None and not math.isfinite(summary.loss):
-                raise FloatingPointError(f"the test loss is {summary.loss} after epoch {epoch + 1}; " + _last_good(run))
-            if sched is not None:
-                _step_scheduler(sched, summary.loss if summary is not None else train_loss)
-            stats = EpochStats(
-                epoch=epoch + 1,
-                train_loss=train_loss,
-                test_loss=summary.loss if summary else None,
-                test_kl=summary.kl if summary else None,
-                test_log_likelihood=summary.log_likelihood if summary else None,
-                seconds=seconds,
-                images_per_second=seen * world / seconds,
-                metrics=_epoch_metrics(model, metrics) if rank == 0 else {},
-            )
-            history.append(stats)
-            rng = _rng_state(dev, loader)
-            if world > 1:
-                gathered: list[object] = [None] * world
-                dist.all_gather_object(gathered, rng)
-                rng = gathered  # type: ignore[assignment]
-            if rank == 0:
-                log.info("epoch %d: %s", epoch + 1, stats)
-                if run is not None:
-                    _write_checkpoint(run, model, opt, sched, rng, epoch + 1, int(count), history)
-                for callback in callbacks:
-                    callback(stats, model)
-    return FitResult(history, run, engine)
+            bar.set_postfix(loss=f"{mean:.2f}")
+    if run.dev.type == "cuda":
+        torch.cuda.synchronize(run.dev)
+    return seen, time.perf_counter() - t0
+
+
+def _finish_epoch(
+    run: _Run,
+    epoch: int,
+    seen: int,
+    seconds: float,
+    test: ImageDataset | Dataset | None,
+    seed: int,
+    metrics: Mapping[str, Callable[[LatentVariableModel], float]] | None,
+) -> EpochStats:
+    """After an epoch's steps: the weights checked, the test set and the metrics evaluated (rank 0)
+    and the scheduler stepped; the epoch's record, appended to ``run.history``."""
+    train_loss = float(run.running) / len(run.loader)
+    if not _finite(run.model, run.opt):
+        raise FloatingPointError(
+            f"the weights or the optimizer's state became NaN or inf in epoch {epoch + 1} (its losses were "
+            "finite, so in the last step's update); " + _last_good(run.folder)
+        )
+    summary = evaluate_elbo(run.model, test, seed=seed) if test is not None and run.rank == 0 else None
+    if summary is not None and not math.isfinite(summary.loss):
+        raise FloatingPointError(f"the test loss is {summary.loss} after epoch {epoch + 1}; " + _last_good(run.folder))
+    if run.sched is not None:
+        _step_scheduler(run.sched, summary.loss if summary is not None else train_loss)
+    stats = EpochStats(
+        epoch=epoch + 1,
+        train_loss=train_loss,
+        test_loss=summary.loss if summary else None,
+        test_kl=summary.kl if summary else None,
+        test_log_likelihood=summary.log_likelihood if summary else None,
+        seconds=seconds,
+        images_per_second=seen * run.world / seconds,
+        metrics=_epoch_metrics(run.model, metrics) if run.rank == 0 else {},
+    )
+    run.history.append(stats)
+    return stats
+
+
+def _end_epoch(run: _Run, stats: EpochStats, callbacks: Sequence[Callable[[EpochStats, nn.Module], None]]) -> None:
+    """Commit the epoch's checkpoint (with every process's random state) and call the callbacks (rank 0)."""
+    rng: object = _rng_state(run.dev, run.loader)
+    if run.world > 1:
+        gathered: list[object] = [None] * run.world
+        dist.all_gather_object(gathered, rng)
+        rng = gathered
+    if run.rank != 0:
+        return
+    log.info("epoch %d: %s", stats.epoch, stats)
+    if run.folder is not None:
+        _write_checkpoint(run, rng, stats.epoch)
+    for callback in callbacks:
+        callback(stats, run.model)
 
 
 def _describe_fit(
@@ -541,7 +594,7 @@ def _describe_fit(
     }
 
 
-def _step_scheduler(sched: torch.optim.lr_scheduler.LRScheduler, loss: float) -> None:
+def _step_scheduler(sched: LRScheduler, loss: float) -> None:
     """Step ``sched`` once; one whose ``step`` takes a metric (``ReduceLROnPlateau``) gets ``loss``."""
     params = inspect.signature(sched.step).parameters
     if "metrics" in params or isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -590,20 +643,6 @@ def _finite(model: nn.Module, opt: Optimizer) -> bool:
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
 
 
-def _own_copy(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """``fn`` with a code object of its own.
-
-    Dynamo keeps its compiled entries per code object and stops compiling a function after
-    ``recompile_limit`` entries, silently running it eagerly from then on. Each fit compiles its own
-    copy of the loss, so that earlier fits (of other architectures or objectives) neither use up
-    this fit's entries nor need ``torch.compiler.reset()``, which would clear every compiled
-    function of the user's process.
-    """
-    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    copy.__kwdefaults__ = fn.__kwdefaults__
-    return copy
-
-
 def _epoch_metrics(
     model: LatentVariableModel, metrics: Mapping[str, Callable[[LatentVariableModel], float]] | None
 ) -> dict[str, float]:
@@ -614,22 +653,39 @@ def _epoch_metrics(
         return {name: float(fn(model)) for name, fn in metrics.items()}
 
 
-def _write_checkpoint(
-    run: Path, model: nn.Module, opt: Optimizer, sched, rng, epoch: int, step: int, history: list[EpochStats]
-) -> None:
+def _rng_state(device: torch.device, loader: BatchLoader | StreamingLoader) -> dict[str, object]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "loader": loader.generator.get_state(),
+    }
+
+
+def _set_rng_state(state: dict, device: torch.device, loader: BatchLoader | StreamingLoader) -> None:
+    # The checkpoint is loaded onto the training device; generator states are CPU byte tensors.
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+    loader.generator.set_state(state["loader"].cpu())
+
+
+def _write_checkpoint(run: _Run, rng: object, epoch: int) -> None:
     """Commit checkpoint.pt, model.safetensors and history.json as one set (see genvae.runfolder)."""
+    history = [asdict(h) for h in run.history]
     state = {
-        "step": step,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict() if sched is not None else None,
+        "step": int(run.count),
+        "model": run.model.state_dict(),
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict() if run.sched is not None else None,
         "rng": rng,
         "epoch": epoch,
-        "history": [asdict(h) for h in history],
+        "history": history,
+        "engine": asdict(run.engine),  # what a resumed run repeats
     }
-    records = json.dumps([asdict(h) for h in history], indent=2) + "\n"
+    records = json.dumps(history, indent=2) + "\n"
+    model = run.model
     runfolder.commit(
-        run,
+        run.folder,  # type: ignore[arg-type]
         epoch,
         {
             CHECKPOINT_FILE: lambda path: torch.save(state, path),

@@ -20,6 +20,7 @@ from .._checks import positive_int
 from ..data import AnyData, BatchLoader, StreamingLoader
 from ..data.dataset import as_dataset
 from ..data.loader import make_loader
+from ..engines.hardware import native_bf16
 from ..objectives import ELBO
 from ..protocols import LatentVariableModel
 
@@ -32,7 +33,6 @@ __all__ = [
     "eval_batches",
     "evaluating",
     "iw_nll",
-    "native_bf16",
 ]
 
 
@@ -176,18 +176,6 @@ def _compiled_log_weights() -> Callable[[LatentVariableModel, Tensor, Tensor | N
     return torch.compile(_log_weights, dynamic=True)
 
 
-def native_bf16(device: torch.device | str) -> bool:
-    """Whether ``device`` is a CPU with bfloat16 matrix products in hardware (AMX or AVX-512 BF16).
-
-    [`evaluate_iw_nll`][genvae.metrics.likelihood.evaluate_iw_nll] uses bfloat16 there by default;
-    on any other device it is opt-in.
-    """
-    if torch.device(device).type != "cpu":
-        return False
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-
-
 @contextmanager
 def _value_checks_off(model: LatentVariableModel) -> Iterator[None]:
     """The model's ``validate_args(False)`` where it has one (its input was checked once already)."""
@@ -304,7 +292,7 @@ def evaluate_iw_nll(
             ``genvae.metrics.IW_COMPILE_SAMPLES``; should that
             compilation fail (no C++ compiler, say), the evaluation warns and runs eagerly.
         bf16: bfloat16 matrix products (see `iw_nll`). By default where
-            [`native_bf16`][genvae.metrics.likelihood.native_bf16] holds, off elsewhere.
+            [`native_bf16`][genvae.engines.hardware.native_bf16] holds, off elsewhere.
 
     Returns:
         [`IWSummary`][genvae.metrics.IWSummary]: the mean, its standard error, k and N.

@@ -1,8 +1,10 @@
 """A whole training step — loss, gradients and Adam's update — compiled as one program.
 
-The loss and the clipping are ``genvae.step``'s (``objective_loss``,
-``clip_scale``), traced through a functional call of the model; what this engine
-adds is Adam's update written as tensor operations, so that it joins the same program.
+The loss and the clipping are the eager step's
+([`objective_loss`][genvae.engines.eager.objective_loss],
+[`clip_scale`][genvae.engines.eager.clip_scale]), traced through a functional call of the model;
+what this engine adds is Adam's update written as tensor operations, so that it joins the same
+program.
 
 On a CPU a small model's step is short enough that what lies between the matrix products counts:
 the autograd engine's bookkeeping, each elementwise op's own pass over memory, and the optimizer's
@@ -45,10 +47,11 @@ from torch.func import functional_call, grad_and_value
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-from ._graph import Step
-from .objectives import Objective
-from .protocols import LatentVariableModel
-from .step import clip_scale, objective_loss
+from ..objectives import Objective
+from ..protocols import LatentVariableModel
+from .eager import Batch, Step, clip_scale, objective_loss
+
+__all__ = ["CompiledAdamStep", "compiles_whole", "convolutional", "shares_parameters"]
 
 #: What tracing raises when the model's code reads tensor values on the host (a Python branch on a
 #: tensor, an output whose shape depends on values).
@@ -68,8 +71,8 @@ class CompiledAdamStep:
     while the step is in use.
 
     Args:
-        step: the eager step ``step(x, y)`` (``genvae.step.train_step`` on the same optimizer,
-            step counter and running loss), for other batch shapes.
+        step: the eager step ``step(batch)`` ([`train_step`][genvae.engines.eager.train_step] on
+            the same optimizer, step counter and running loss), for other batch shapes.
         model: a model (``LatentVariableModel``) whose parameters ``opt`` holds.
         objective: the objective whose loss is minimised.
         opt: a ``torch.optim.Adam`` with one parameter group, ``amsgrad=False`` and
@@ -178,8 +181,10 @@ class CompiledAdamStep:
         running.add_(loss.detach())
         return ()
 
-    def __call__(self, x: Tensor, y: Tensor | None) -> None:
-        """One step on ``x (B, *data_shape)`` and ``y (B,)`` or None; no host reads."""
+    def __call__(self, batch: Batch) -> None:
+        """One step on ``Batch(x (B, *data_shape), y (B,) or None)``; no host reads."""
+        x, y = batch
+        tensors = (x,) if y is None else (x, y)
         group = self.opt.param_groups[0]
         key = (
             x.shape,
@@ -194,20 +199,9 @@ class CompiledAdamStep:
         self.t += 1
         if self.compiled is None and self.key is None:
             self.key = key
-            batch = [x] if y is None else [x, y]
-            try:
-                graph = _trace(self._program, *self.inputs, *batch)
-            except UNTRACEABLE as e:
-                warnings.warn(
-                    f"compile=True: the training step was not compiled, since the model's forward pass "
-                    f"reads tensor values on the host ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                    "it runs eagerly",
-                    stacklevel=2,
-                )
-            else:
-                self.compiled = torch._inductor.compile(graph, [*self.inputs, *batch], options=self.options)
+            self.compiled = self._compile(tensors)
         if key != self.key or self.compiled is None:
-            self.step(x, y)
+            self.step(batch)
             return
         beta1, beta2 = group["betas"]
         self.scalars.copy_(
@@ -223,10 +217,22 @@ class CompiledAdamStep:
                 dtype=self.scalars.dtype,
             )
         )
-        if y is None:
-            self.compiled(*self.inputs, x)
-        else:
-            self.compiled(*self.inputs, x, y)
+        self.compiled(*self.inputs, *tensors)
+
+    def _compile(self, batch: tuple[Tensor, ...]) -> Callable[..., object] | None:
+        """The program for batches like ``batch`` (``(x,)`` or ``(x, y)``); None, with a warning, for
+        a model whose forward pass cannot be traced."""
+        try:
+            graph = _trace(self._program, *self.inputs, *batch)
+        except UNTRACEABLE as e:
+            warnings.warn(
+                f"compile=True: the training step was not compiled, since the model's forward pass "
+                f"reads tensor values on the host ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                "it runs eagerly",
+                stacklevel=3,
+            )
+            return None
+        return torch._inductor.compile(graph, [*self.inputs, *batch], options=self.options)
 
 
 def _trace(program: Callable[..., tuple[()]], *inputs: Tensor) -> torch.fx.GraphModule:

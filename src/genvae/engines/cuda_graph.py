@@ -10,12 +10,11 @@ replay. Random draws inside the graph (the reparameterised z) are fresh on every
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from torch import Tensor
 
-Step = Callable[[Tensor, Tensor | None], None]
+from .eager import Batch, Step
+
+__all__ = ["WARMUP_STEPS", "GraphedStep"]
 
 #: Eager steps run on a side stream before the capture (lazy initialisation of cuBLAS handles,
 #: autograd streams and compiled kernels must not happen inside the capture).
@@ -23,7 +22,7 @@ WARMUP_STEPS = 3
 
 
 class GraphedStep:
-    """Runs ``step(x, y)``: eagerly for the first ``WARMUP_STEPS`` calls, then by graph replay.
+    """Runs ``step(batch)``: eagerly for the first ``WARMUP_STEPS`` calls, then by graph replay.
 
     ``step`` must do all of its work on the device (no host reads, no shape-dependent Python) and
     keep its results in tensors that outlive the call (parameters, optimizer state, a running
@@ -31,47 +30,46 @@ class GraphedStep:
     last, smaller batch of an epoch) run eagerly.
 
     Args:
-        step: the training step; it is called with batches ``x (B, *data_shape)``, ``y (B,)`` or None.
+        step: the training step; it is called with batches ``Batch(x (B, *data_shape), y (B,) or None)``.
     """
 
     def __init__(self, step: Step) -> None:
         self.step = step
         self.graph: torch.cuda.CUDAGraph | None = None
         self.shape: torch.Size | None = None  # the captured batch shape
-        self.x: Tensor | None = None  # static input buffers of the graph
-        self.y: Tensor | None = None
+        self.static: Batch | None = None  # the graph's input buffers
         self.warmups = 0
 
-    def __call__(self, x: Tensor, y: Tensor | None) -> None:
+    def __call__(self, batch: Batch) -> None:
         if self.shape is None:
-            self.shape = x.shape
-        if x.shape != self.shape:
-            self._eager(x, y)
-        elif self.graph is not None:
-            self.x.copy_(x)  # type: ignore[union-attr]
-            if self.y is not None and y is not None:
-                self.y.copy_(y)
+            self.shape = batch.x.shape
+        if batch.x.shape != self.shape:
+            self._eager(batch)
+        elif self.graph is not None and self.static is not None:
+            self.static.x.copy_(batch.x)
+            if self.static.y is not None and batch.y is not None:
+                self.static.y.copy_(batch.y)
             self.graph.replay()
         elif self.warmups < WARMUP_STEPS:
             self.warmups += 1
-            self._eager(x, y)
+            self._eager(batch)
         else:
-            self._capture(x, y)
+            self._capture(batch)
 
-    def _eager(self, x: Tensor, y: Tensor | None) -> None:
+    def _eager(self, batch: Batch) -> None:
         """One step on a side stream, as capture requires of the steps before it."""
-        current = torch.cuda.current_stream(x.device)
-        side = torch.cuda.Stream(device=x.device)
+        current = torch.cuda.current_stream(batch.x.device)
+        side = torch.cuda.Stream(device=batch.x.device)
         side.wait_stream(current)
         with torch.cuda.stream(side):
-            self.step(x, y)
+            self.step(batch)
         current.wait_stream(side)
 
-    def _capture(self, x: Tensor, y: Tensor | None) -> None:
-        """Capture one step on copies of ``(x, y)``, then replay it once to train on this batch."""
-        self.x, self.y = x.clone(), None if y is None else y.clone()
+    def _capture(self, batch: Batch) -> None:
+        """Capture one step on copies of ``batch``, then replay it once to train on this batch."""
+        self.static = Batch(batch.x.clone(), None if batch.y is None else batch.y.clone())
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self.step(self.x, self.y)
+            self.step(self.static)
         self.graph = graph
         graph.replay()  # capturing records the work without doing it

@@ -1,31 +1,41 @@
-"""One training step, defined once: the objective's loss on the model's terms, backward, optional
+"""The training step, defined once: the objective's loss on the model's terms, backward, optional
 gradient clipping and the optimizer's step.
 
-    train_step(model, objective, optimizer, (x, y), step=step, running=running)
+    train_step(model, objective, optimizer, Batch(x, y), step=step, running=running)
 
-Every engine of [`fit`][genvae.train.fit] wraps this definition: the eager loop calls it; the
-compiled-loss engine passes ``loss=torch.compile(objective_loss)``; the CUDA-graph engine
-(`genvae._graph.GraphedStep`) captures it; under DistributedDataParallel ``model`` is the
-wrapped module; and the compiled whole CPU step (`genvae._step.CompiledAdamStep`) traces
-[`objective_loss`][genvae.step.objective_loss] and [`clip_scale`][genvae.step.clip_scale] with
-its own fused Adam update.
+Every engine wraps this definition (see [`make_step`][genvae.engines.factory.make_step]): the
+eager engine calls it; the compiled-loss engine passes it ``loss=compile_loss(mode)``; the
+CUDA-graph engine ([`GraphedStep`][genvae.engines.cuda_graph.GraphedStep]) captures it; under
+DistributedDataParallel ``model`` is the wrapped module; and the compiled whole CPU step
+([`CompiledAdamStep`][genvae.engines.whole_step.CompiledAdamStep]) traces
+[`objective_loss`][genvae.engines.eager.objective_loss] and
+[`clip_scale`][genvae.engines.eager.clip_scale] with its own fused Adam update.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .objectives import Objective
-from .terms import Terms
+from ..objectives import Objective
+from ..terms import Terms
 
-__all__ = ["CLIP_EPS", "Batch", "clip_scale", "objective_loss", "train_step"]
+__all__ = ["CLIP_EPS", "Batch", "Step", "clip_scale", "objective_loss", "train_step"]
 
-Batch = tuple[Tensor, Tensor | None]
-"""``(x (B, *data_shape), y (B,) or None)``."""
+
+class Batch(NamedTuple):
+    """One batch of training data, as every engine takes it."""
+
+    x: Tensor  # (B, *data_shape)
+    y: Tensor | None = None  # (B,) labels of a conditional model; None for an unconditional one
+
+
+Step = Callable[[Batch], None]
+"""A training step: ``step(batch)`` takes one optimizer step on ``batch``, device work only."""
 
 #: Added to the gradient norm before dividing, as `torch.nn.utils.clip_grad_norm_` does.
 CLIP_EPS = 1e-6
@@ -39,6 +49,9 @@ def objective_loss(
     Args:
         model: anything that returns [`Terms`][genvae.terms.Terms] when called as ``model(x, y, k=k)``:
             a model, its DDP wrapper, or a functional call of it.
+        objective: the objective whose loss is returned.
+        x: ``(B, *data_shape)`` the batch.
+        y: ``(B,)`` its labels, or None.
         step: the optimizer step, from 1 (drives β schedules).
         amp: bfloat16 autocast for the forward pass (no weight cache: each weight is cast once per
             step anyway, and a cache may not live across CUDA graph replays).
@@ -71,13 +84,14 @@ def train_step(
         model: the model (or its DDP wrapper) whose parameters ``optimizer`` holds.
         objective: e.g. [`IWAE`][genvae.objectives.IWAE].
         optimizer: any torch optimizer.
-        batch: ``(x, y)``; ``y`` None for an unconditional model.
+        batch: ``Batch(x, y)``; ``y`` None for an unconditional model.
         step: ``()`` integer tensor, the optimizer steps taken so far; incremented first, so the
             objective sees 1 at the first step.
         running: ``()`` tensor to which the step's loss is added (read back by the caller).
         amp: bfloat16 autocast for the forward pass.
         grad_clip: clip the global gradient norm to this value.
-        loss: the loss function, [`objective_loss`][genvae.step.objective_loss] or a compiled version of it.
+        loss: the loss function, [`objective_loss`][genvae.engines.eager.objective_loss] or a
+            compiled version of it.
     """
     x, y = batch
     step.add_(1)
