@@ -1,6 +1,8 @@
 """The Python blocks of README.md, DESCRIPTION.md and docs/: each one uses only names it defines or
 imports, and each one runs, in page order and each in a namespace of its own, except those marked in
-the page as not run.
+the page as not run. A block titled as a file (```` ```python title="my_parts.py" ````) is a user's
+module: it is written to the page's working folder before the page's blocks run, so that they
+(and the command line, with ``--plugin my_parts``) import it as a user would.
 
 A block that trains on MNIST runs here as written on a stand-in of the same shape (``STAND_IN``),
 with the few numbers that would still take minutes made smaller (``QUICK``). A block preceded by
@@ -20,6 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "DESCRIPTION.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(?:<!-- not run: ([^\n]*?) -->\n)?```python\n(.*?)```", re.S)
+FILE_BLOCK = re.compile(r'```python title="([\w.]+\.py)"\n(.*?)```', re.S)
 
 #: The blocks marked ``<!-- not run: … -->`` in all the pages.
 NOT_RUN = 2
@@ -77,9 +80,17 @@ def quick(code: str) -> str:
     return code
 
 
+def files(page: Path) -> dict[str, str]:
+    """The user's modules a page shows, by file name."""
+    return {m[1]: m[2] for m in FILE_BLOCK.finditer(page.read_text())}
+
+
 def test_every_block_uses_only_names_it_defines_or_imports(tmp_path: Path) -> None:
     for block in ALL:
         (tmp_path / f"{block.page.stem}_{block.index}.py").write_text(block.code)
+    for page in PAGES:
+        for name, code in files(page).items():
+            (tmp_path / f"{page.stem}_file_{name}").write_text(code)
     proc = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated", "--select", "F821", "--output-format",
          "concise", str(tmp_path)],
@@ -105,6 +116,8 @@ def test_every_quick_substitution_matches_a_block() -> None:
 @pytest.mark.parametrize("page", [p for p in PAGES if any(b.not_run is None for b in blocks(p))], ids=lambda p: p.name)
 def test_the_blocks_of_a_page_run(page: Path, tmp_path: Path) -> None:
     runs = [b for b in blocks(page) if b.not_run is None]
+    for name, code in files(page).items():
+        (tmp_path / name).write_text(code)
     script = "\n".join(
         [STAND_IN, *(f"exec(compile({quick(b.code)!r}, {b.name!r}, 'exec'), {{'__name__': '__main__'}})" for b in runs)]
     )

@@ -82,7 +82,9 @@ def test_each_entry_of_genvae_builds_from_facts_and_defaults():
     for kind in ("likelihood", "objective"):
         for entry in registry.entries(kind):
             assert registry.build(entry, facts, {}) is not None, entry.name
-    prior = registry.build(registry.entry("prior", "vamp"), {**facts, "encoder": nn.Identity()}, {"num_pseudo_inputs": 3})
+    prior = registry.build(
+        registry.entry("prior", "vamp"), {**facts, "encoder": nn.Identity()}, {"num_pseudo_inputs": 3}
+    )
     assert prior.num_pseudo_inputs == 3 and prior.data_shape == (1, 8, 8)
 
 

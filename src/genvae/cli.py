@@ -21,11 +21,11 @@ import torch
 
 from . import __version__, registry, runfolder
 from ._files import write_json
-from .config import CHOICES, LEGACY, RunConfig, build_model, build_objective, read_config, steps_per_epoch
+from .config import CHOICES, LEGACY, RunConfig, build_model, build_objective, read_config
 from .data.sources import datasets
-from .engine import COMPILE_MIN_STEPS, choose_engine
-from .plugins import PluginError, import_plugins, installed_plugins, not_imported
+from .engines import COMPILE_MIN_STEPS
 from .io import load
+from .plugins import PluginError, import_plugins, installed_plugins, not_imported
 
 __all__ = ["main"]
 
@@ -399,6 +399,12 @@ def _train(args: argparse.Namespace) -> None:
             raise
 
 
+def _objective_note(cfg: RunConfig) -> str:
+    """The objective's name and the values of its options: ``iwae, k 5, beta 1.0``."""
+    options = [o for o in cfg.parts()["objective"].options if o.textual]
+    return ", ".join([cfg.objective, *(f"{_flag(o.name)} {_shown(cfg.option('objective', o.name))}" for o in options)])
+
+
 #: Parsed arguments that are not settings of the run.
 _NOT_SETTINGS = ("command", "config", "resume", "no_progress", "plugin")
 
@@ -413,7 +419,7 @@ def _shape_note(cfg: RunConfig) -> str:
 
 def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, Any], run: Path) -> None:
     from .metrics.likelihood import evaluate_elbo
-    from .train import fit, resolve_device
+    from .train import fit
     from .viz import save_grid, save_loss_curves, save_reconstructions
 
     # Reads only: fit removes a killed write's leftovers and writes config.json once its checks pass.
@@ -428,26 +434,15 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
 
     train = _load(cfg.dataset, "train", cfg.binarize, cfg.seed, cfg.train_subset)
     test = _load(cfg.dataset, "test", cfg.binarize, cfg.seed, cfg.test_subset)
-    if cfg.model == "cvae" and train.labels is None:
-        raise _UserError(f"--model cvae needs labelled data, but {cfg.dataset!r} has no labels")
     torch.manual_seed(cfg.seed)  # the initial weights, so that a seed repeats a run
-    model = build_model(cfg, train.data_shape, train.num_classes)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    objective = build_objective(cfg, steps_per_epoch(len(train), cfg.batch_size, world))
-    # "auto" is resolved here, once, so that config.json records what runs and a resume repeats it.
-    engine = choose_engine(
-        model, resolve_device(cfg.device), cfg.epochs * steps_per_epoch(len(train), cfg.batch_size, world),
-        compile=cfg.compile, amp=cfg.amp,
-        cuda_graph=cfg.cuda_graph, processes=world,
-    )  # fmt: skip
-    requested = {"compile": cfg.compile, "amp": cfg.amp, "cuda_graph": cfg.cuda_graph}  # fit resolves them alike
-    cfg.compile, cfg.amp, cfg.cuda_graph = engine.compile, engine.amp, engine.cuda_graph
+    model = build_model(cfg, train.data_shape, train.num_classes if train.labels is not None else None)
+    objective = build_objective(cfg)
     print(
         f"training {cfg.model} ({cfg.arch}, z={cfg.latent_dim}{_shape_note(cfg)}, {cfg.likelihood}, {cfg.prior} prior) "
-        f"with {objective!r} on {len(train)} {cfg.dataset} examples for {_plural(cfg.epochs, 'epoch')} → {run}",
+        f"with {_objective_note(cfg)} on {len(train)} {cfg.dataset} examples for {_plural(cfg.epochs, 'epoch')} "
+        f"→ {run}",
         file=sys.stderr,
     )
-    print(f"engine: {engine.describe()} ({engine.reason})", file=sys.stderr)
     result = fit(
         model,
         train,
@@ -459,7 +454,9 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
         grad_clip=cfg.grad_clip,
         device=cfg.device,
         seed=cfg.seed,
-        **requested,
+        compile=cfg.compile,
+        amp=cfg.amp,
+        cuda_graph=cfg.cuda_graph,
         out=run,
         resume=args.resume,
         config=cfg.to_dict(),
@@ -472,6 +469,7 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
             )
         ],
     )
+    print(f"engine: {result.engine.describe()} ({result.engine.reason})", file=sys.stderr)
     summary = evaluate_elbo(model, test, seed=cfg.seed)  # the estimate of the last epoch in history.json
     write_json(
         run / "metrics.json",
@@ -665,8 +663,7 @@ def _info(args: argparse.Namespace) -> None:
         )
         print(f"training   {_plural(cfg.epochs, 'epoch')}, batch {cfg.batch_size}, lr {cfg.lr}, seed {cfg.seed}")
         schedule = "" if cfg.beta_schedule == "constant" else f", {cfg.beta_schedule} over {cfg.warmup_epochs} epochs"
-        options = ", ".join(f"{o.name} {_shown(cfg.option('objective', o.name))}" for o in cfg.parts()["objective"].options)
-        print(f"objective  {cfg.objective}{', ' + options if options else ''}{schedule}")
+        print(f"objective  {_objective_note(cfg)}{schedule}")
         if cfg.plugins:
             print(f"plugins    {', '.join(cfg.plugins)}")
     elif record:

@@ -11,7 +11,6 @@ sets the option of that name of whichever chosen part has it (see [`place`][genv
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections import ChainMap
 from collections.abc import Iterator, Mapping
@@ -23,7 +22,7 @@ from . import registry
 from ._checks import positive_float, positive_int
 from .protocols import LatentVariableModel
 from .registry import Entry, Option
-from .schedules import Cyclical, LinearWarmup, Schedule
+from .schedules import Cyclical, Epochs, LinearWarmup, Schedule
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -195,8 +194,8 @@ class RunConfig:
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], *, strict: bool = True) -> RunConfig:
         """A configuration from flat settings: fields, ``options = {kind: {option: value}}`` (a TOML
-        table ``[options.prior]``), and option names (or the [`LEGACY`][genvae.config.LEGACY] keys) placed on the chosen part that has
-        them (see [`place`][genvae.config.place]).
+        table ``[options.prior]``), and option names (or the [`LEGACY`][genvae.config.LEGACY] keys)
+        placed on the chosen part that has them (see [`place`][genvae.config.place]).
 
         Args:
             settings: the settings.
@@ -371,26 +370,26 @@ def read_config(path: str | Path) -> dict[str, Any]:
     try:
         raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"expected valid {'JSON' if path.suffix == '.json' else 'TOML'} in {str(path)!r}: {err}") from None
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise ValueError(f"expected valid {kind} in {str(path)!r}: {err}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"expected a table of settings in {str(path)!r}, got {type(raw).__name__}")
     return {key.replace("-", "_"): value for key, value in raw.items()}
 
 
-def build_objective(cfg: RunConfig, steps_per_epoch: int) -> Any:
-    """The objective ``cfg`` chooses, with its options; a β schedule counts optimizer steps, of
-    which an epoch has ``steps_per_epoch``."""
+def build_objective(cfg: RunConfig) -> Any:
+    """The objective ``cfg`` chooses, with its options; a β schedule's length is in
+    [`Epochs`][genvae.schedules.Epochs], which ``fit`` turns into its optimizer steps."""
     options = dict(cfg.options.get("objective", {}))
     if cfg.beta_schedule != "constant":
-        beta = cfg.option("objective", "beta")
-        options["beta"] = _schedule(cfg, beta, steps_per_epoch)
+        options["beta"] = _schedule(cfg, cfg.option("objective", "beta"))
     return registry.build(cfg.parts()["objective"], {}, options)
 
 
-def _schedule(cfg: RunConfig, beta: float, steps_per_epoch: int) -> Schedule:
+def _schedule(cfg: RunConfig, beta: float) -> Schedule:
     if cfg.beta_schedule == "linear":
-        return LinearWarmup(beta, steps=cfg.warmup_epochs * steps_per_epoch)
-    return Cyclical(beta, period=2 * cfg.warmup_epochs * steps_per_epoch, ratio=0.5)  # Fu et al.'s R = 0.5
+        return LinearWarmup(beta, steps=Epochs(cfg.warmup_epochs))  # type: ignore[arg-type]
+    return Cyclical(beta, period=Epochs(2 * cfg.warmup_epochs), ratio=0.5)  # type: ignore[arg-type]  # Fu et al.
 
 
 class _Facts(Mapping[str, Any]):
@@ -479,8 +478,3 @@ def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int | 
     if "encoder" in parts:
         facts["encoder"]  # the parts in the order that gives a seed's weights
     return registry.build(parts["model"], facts, cfg.options.get("model", {}))
-
-
-def steps_per_epoch(examples: int, batch_size: int, world_size: int = 1) -> int:
-    """Optimizer steps in an epoch of ``examples`` split over ``world_size`` processes."""
-    return math.ceil(examples // world_size / batch_size)
