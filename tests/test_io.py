@@ -1,4 +1,8 @@
-"""save/load: exact round trips for every kind of part, and refusal of bad or untrusted files."""
+"""save/load: exact round trips for every kind of part, and refusal of bad or untrusted files.
+
+Files are edited here as version 1 wrote them, every part named by its class's module path (see
+``version_1``): what a version-2 file adds, parts named by registry name, is tested in test_io_v2.py.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 import genvae
-from genvae import CVAE, VAE, load, save
+from genvae import CVAE, VAE, load, registry, save
 from genvae.io import (
     _CREATED_ALLOWANCE,
     _CREATED_PER_STORED_BYTE,
@@ -109,12 +113,27 @@ def seeded_elbo(model: VAE | CVAE, x: Tensor, y: Tensor | None) -> Tensor:
         return model.elbo(x, y, k=3).elbo
 
 
+def version_1(value: Any) -> Any:
+    """A description (or a value of one) as version 1 wrote it: a registered part ``{"part":
+    "kind/name", ...}`` named by its class's module path, ``{"class": "genvae.priors.VampPrior", ...}``."""
+    if isinstance(value, list):
+        return [version_1(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    written = {key: version_1(item) for key, item in value.items()}
+    if "part" in written:
+        cls = registry.entry(*written.pop("part").split("/")).obj
+        written = {"class": f"{cls.__module__}.{cls.__qualname__}", **written}
+    return {**written, "version": 1} if "version" in written else written
+
+
 def rewrite(path: Path, edit: Callable[[dict[str, Any]], object], tensors: dict[str, Tensor] | None = None) -> None:
-    """Rewrite a saved model file with its description edited (and optionally other tensors)."""
+    """Rewrite a saved model file with its description written as version 1 did (``version_1``) and
+    edited by ``edit`` (and optionally other tensors)."""
     with safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata())
         stored = {k: f.get_tensor(k) for k in f.keys()}
-    spec = json.loads(metadata[FORMAT_KEY])
+    spec = version_1(json.loads(metadata[FORMAT_KEY]))
     edit(spec)
     metadata[FORMAT_KEY] = json.dumps(spec)
     save_file(tensors if tensors is not None else stored, str(path), metadata=metadata)
@@ -653,13 +672,13 @@ def loads_or_names_the_file(path: Path) -> None:
 
 @functools.cache
 def vamp_file() -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """The description of a VampPrior VAE (whose prior refers to the encoder) and its stored tensors."""
+    """The version-1 description of a VampPrior VAE (whose prior refers to the encoder) and its stored tensors."""
     model = vamp_vae()
     with tempfile.TemporaryDirectory() as folder:
         path = save(model, Path(folder) / "v.safetensors")
         with safe_open(str(path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return describe(model), tensors
+    return version_1(describe(model)), tensors
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,20 +1,32 @@
 """Save and load models without pickle: weights in safetensors, the parts described in JSON.
 
-A model is described by walking its constructor arguments: a genvae part (or any module whose
-constructor arguments are readable as attributes of the same name) becomes
-``{"class": "genvae.nets.MLPEncoder", "args": {...}}``; an ``nn.Module`` class argument (an
-activation) becomes ``{"type": "torch.nn.modules.activation.ReLU"}``; a module seen twice (the
-encoder shared by a VampPrior) becomes ``{"ref": "model.encoder"}``. The description is stored in
-the safetensors header, so one file holds everything.
+A model is described by walking its constructor arguments: each part becomes its constructor's
+arguments, read back from its attributes of the same names, under the name that says what to build.
+The description (format ``genvae.model``, version 2) is stored in the safetensors header, so one
+file holds everything:
+
+- a registered part (``@register("prior", "vamp")``, see [`genvae.registry`][genvae.registry]) is
+  named by its kind and registry name: ``{"part": "prior/vamp", "args": {...}}``; ``args`` are the
+  arguments of the class's constructor (not the options of the entry's builder);
+- a part that no entry names (a torch layer, your own class) is named by its module path:
+  ``{"class": "torch.nn.modules.linear.Linear", "args": {...}}``;
+- a class argument (an activation) is named by its module path:
+  ``{"type": "torch.nn.modules.activation.ReLU"}``;
+- a module seen twice (the encoder shared by a VampPrior) is a reference to where it was first
+  described: ``{"ref": "model.encoder"}``.
 
 A model file may come from anyone, so loading trusts nothing in it:
 
-1. classes are imported only from genvae's part modules (``PART_MODULES``), torch's layer
-   modules and the module prefixes the caller trusts; the module is read from the name before
-   anything is imported;
+1. nothing is imported because a file names it. A registered part is looked up among the parts
+   registered so far: genvae's own, and those of the plugin modules the caller imported
+   (``--plugin MODULE`` on the command line, ``import`` in Python). A module path is allowed only
+   under torch's layer modules (``torch.nn.modules.``), under a prefix the caller trusts
+   (``trusted=``), or, for genvae's own classes that no entry names yet, in genvae's part modules
+   (``PART_MODULES``), which are imported whatever the file says and searched, not imported from;
+   the module is read from the name before anything is imported;
 2. the header and the description are parsed only if they hold at most ``_MAX_JSON_VALUES``
    values, counted from their commas, colons and brackets (a value takes up to about 64 bytes
-   once parsed);
+   once parsed), and the description is read at most ``_MAX_DEPTH`` deep;
 3. the model is built on a budget taken from the file, whose header is read here, and what its
    parts create is counted before it is created: the tensors they make by size (``torch.empty``,
    ``torch.zeros``...), from data (``torch.tensor``) or by copying, repeating or joining tensors
@@ -26,8 +38,19 @@ A model file may come from anyone, so loading trusts nothing in it:
 4. each tensor of the model is compared with the file's (name, shape, dtype), and only then are
    the weights read into it.
 
-Every flaw in a file is a ``ValueError`` that names the file and, for the description, the JSON
-path of the flaw (``model.args.encoder.args.hidden[1]``), with what was expected and what came.
+Every flaw in a file is a ``ValueError`` of one line that names the file and, for the description,
+the JSON path of the flaw (``model.args.encoder.args.hidden[1]``), with what was expected and what
+came.
+
+Version 1 (genvae 0.2) named every part by module path, ``{"class": "genvae.priors.VampPrior",
+...}``; such files still load, through the same checks. A genvae name ``M.X`` (``M`` one of
+``PART_MODULES``) is the class of qualified name ``X`` defined in ``M`` or in a module under it
+(``genvae.hierarchy.GaussianHead`` is found in ``genvae.hierarchy`` or ``genvae.hierarchy.<sub>``),
+found among the modules imported already. A version-1 ``HierarchicalVAE``, whose arguments were
+``encoder``, ``down``, ``priors``, ``decoder``, ``likelihood`` and ``prior``, is built as those
+parts, its weights are read into them under their version-1 names (``down_blocks.0...``,
+``prior_blocks.0...``), and the model is then made of them by ``genvae.hierarchy.from_ladder``
+(where genvae has one; else by the constructor, as version 1 did).
 """
 
 from __future__ import annotations
@@ -41,6 +64,7 @@ import math
 import operator
 import os
 import reprlib
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -62,16 +86,21 @@ from torch.nn.modules.module import (
 from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
+from . import registry
 from ._files import atomic_path
 
 __all__ = ["describe", "load", "save"]
 
 FORMAT = "genvae.model"
-VERSION = 1
+VERSION = 2
+#: The versions ``load`` reads: 1 named every part by module path; 2 names registered parts.
+READABLE_VERSIONS = (1, 2)
 MODEL_FILE = "model.safetensors"
 
-#: The genvae modules that define parts; a class elsewhere in genvae (``genvae.__main__`` runs the
-#: command line when imported) can never be named by a file. A new part module is one entry here.
+#: The genvae modules whose classes a file may name by module path (version 1 named every part so;
+#: version 2 names so only what no entry names yet), each searched with the modules under it; a class
+#: elsewhere in genvae (``genvae.__main__`` runs the command line when imported) can never be named
+#: by a file. A registered part needs no entry here.
 PART_MODULES = (
     "genvae.models",
     "genvae.nets",
@@ -82,6 +111,24 @@ PART_MODULES = (
 )
 #: torch's layers (activations, ``Linear``...) live in the modules under this prefix.
 _TORCH_LAYERS = "torch.nn.modules."
+#: How a version-2 file names a registered part: ``kind/name``.
+_PART_SEPARATOR = "/"
+#: A version-1 ``HierarchicalVAE``: its name, its arguments, and the attributes its weights are named
+#: under (``down_blocks.0.net.0.0.weight``), argument by argument.
+_LADDER_CLASS = "genvae.hierarchy.HierarchicalVAE"
+_LADDER_ATTRIBUTES = {
+    "encoder": "encoder",
+    "down": "down_blocks",
+    "priors": "prior_blocks",
+    "decoder": "decoder",
+    "likelihood": "likelihood",
+    "prior": "prior",
+}
+#: What a plugin's part needs before a file can name it, said where a name is not registered.
+_PLUGIN_HINT = (
+    "a plugin's parts are registered once its module is imported (--plugin MODULE on the command line, "
+    "import MODULE in Python)"
+)
 
 #: Largest safetensors header read: a description of thousands of parts takes a fraction of it.
 _MAX_HEADER_BYTES = 16 * 2**20
@@ -226,7 +273,9 @@ def _describe(obj: Any, path: str, seen: dict[int, str]) -> Any:
         if id(obj) in seen:
             return {"ref": seen[id(obj)]}
         seen[id(obj)] = path
-        return {"class": _qualname(type(obj)), "args": _describe_args(obj, path, seen)}
+        entry = registry.entry_of(type(obj))
+        name = {"part": f"{entry.kind}{_PART_SEPARATOR}{entry.name}"} if entry else {"class": _qualname(type(obj))}
+        return {**name, "args": _describe_args(obj, path, seen)}
     if isinstance(obj, type):
         return {"type": _qualname(obj)}
     if isinstance(obj, (tuple, list)):
@@ -240,7 +289,9 @@ def _describe(obj: Any, path: str, seen: dict[int, str]) -> Any:
 
 
 def describe(model: nn.Module) -> dict[str, Any]:
-    """The JSON-ready description from which [`load`][genvae.io.load] rebuilds ``model``.
+    """The JSON-ready description from which [`load`][genvae.io.load] rebuilds ``model``: each
+    registered part named ``{"part": "kind/name", "args": {...}}``, every other part by its module
+    path (see the module docstring).
 
     Raises:
         TypeError: a part whose constructor arguments cannot be read back from its attributes.
@@ -372,7 +423,7 @@ def _stored_tensors(header: dict[str, Any], payload: int, file: str) -> dict[str
 
 
 def _description(header: dict[str, Any], file: str) -> dict[str, Any]:
-    """The genvae description in the header's metadata, checked for format and version."""
+    """The genvae description in the header's metadata, checked for format and a version read here."""
     metadata = header.get("__metadata__")
     text = metadata.get(FORMAT) if isinstance(metadata, dict) else None
     if not isinstance(text, str):
@@ -388,9 +439,10 @@ def _description(header: dict[str, Any], file: str) -> dict[str, Any]:
         raise ValueError(f"expected the description in {file!r} to be JSON, got invalid JSON: {err}") from None
     if not isinstance(spec, dict):
         raise ValueError(f"expected the description in {file!r} to be a JSON object, got {_show.repr(spec)}")
-    if spec.get("format") != FORMAT or spec.get("version") != VERSION:
+    version = spec.get("version")
+    if spec.get("format") != FORMAT or type(version) is not int or version not in READABLE_VERSIONS:
         raise ValueError(
-            f"expected format {FORMAT!r} version {VERSION} in {file!r}, "
+            f"expected format {FORMAT!r} version {' or '.join(map(str, READABLE_VERSIONS))} in {file!r}, "
             f"got format {_show.repr(spec.get('format'))} version {_show.repr(spec.get('version'))}"
         )
     return spec
@@ -399,15 +451,34 @@ def _description(header: dict[str, Any], file: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- rebuilding
 
 
+def _under(module: str, prefix: str) -> bool:
+    """Whether ``module`` is ``prefix`` or a module under it."""
+    return module == prefix or module.startswith(f"{prefix}.")
+
+
 def _allowed(module: str, trusted: tuple[str, ...]) -> bool:
-    """Whether classes may be imported from ``module``: a part module, torch's layers, or trusted.
+    """Whether classes may be imported from ``module``: torch's layers, or trusted.
 
     A package's ``__main__`` runs a program when imported, so it is refused even under a trusted
     prefix.
     """
     if module.endswith(".__main__"):
         return False
-    return module in PART_MODULES or f"{module}.".startswith((_TORCH_LAYERS, *trusted))
+    return f"{module}.".startswith((_TORCH_LAYERS, *trusted))
+
+
+def _own_class(module: str, name: str) -> list[type]:
+    """The classes of qualified name ``name`` defined in genvae's module ``module`` or in a module
+    under it, found among the modules imported already, once genvae's part modules are: a file
+    never chooses what is imported."""
+    for part_module in PART_MODULES:
+        importlib.import_module(part_module)
+    found = []
+    for loaded, value in list(sys.modules.items()):
+        cls = vars(value).get(name) if value is not None and _under(loaded, module) else None
+        if isinstance(cls, type) and cls.__module__ == loaded and cls.__qualname__ == name:
+            found.append(cls)
+    return found
 
 
 def _prefixes(trusted: Iterable[str]) -> tuple[str, ...]:
@@ -428,20 +499,34 @@ class _OverBudget(Exception):
 
 
 class _Rebuild:
-    """One rebuild of a description: imports only allowed classes; errors name the JSON path."""
+    """One rebuild of a description of ``version``: builds only registered parts and allowed classes;
+    errors name the JSON path.
 
-    def __init__(self, file: str, trusted: tuple[str, ...], budget: _Budget) -> None:
-        self.file, self.trusted, self.budget = file, trusted, budget
+    ``finish``, where set, makes the model out of what was built, once its weights are read: a
+    version-1 ``HierarchicalVAE`` is built as the container of its parts that its weights are named
+    after (see ``ladder``).
+    """
+
+    def __init__(self, file: str, trusted: tuple[str, ...], budget: _Budget, version: int) -> None:
+        self.file, self.trusted, self.budget, self.version = file, trusted, budget, version
         self.built: dict[str, nn.Module] = {}  # reference ("model.encoder") -> part
+        self.classes: dict[str, type] = {}  # module path -> class, each name looked up once
+        self.finish: Callable[[], nn.Module] | None = None
 
     def error(self, where: str, expected: str, got: str) -> ValueError:
         return ValueError(f"{where} in {self.file!r}: expected {expected}, got {got}")
 
     def model(self, spec: Any) -> nn.Module:
         """The model that ``spec`` (the description's ``"model"``) describes."""
-        if not (isinstance(spec, dict) and "class" in spec):
-            raise self.error("model", 'a part {"class": ..., "args": {...}}', _show.repr(spec))
+        if not (isinstance(spec, dict) and ("class" in spec or ("part" in spec and self.version >= 2))):
+            raise self.error("model", f"a part {self.part_keys}", _show.repr(spec))
         return self.value(spec, "model", "model", 2)
+
+    @property
+    def part_keys(self) -> str:
+        """How a part is written in this version."""
+        by_class = '{"class": ..., "args": {...}}'
+        return by_class if self.version < 2 else '{"part": "kind/name", "args": {...}} or ' + by_class
 
     def value(self, spec: Any, where: str, ref: str, depth: int) -> Any:
         """The value ``spec`` describes, found at JSON path ``where``, ``depth`` levels deep.
@@ -461,12 +546,17 @@ class _Rebuild:
         if keys == ["ref"]:
             return self.reference(spec["ref"], f"{where}.ref")
         if keys == ["type"]:
-            return self.import_class(spec["type"], f"{where}.type", module_class=False)
+            return self.named_class(spec["type"], f"{where}.type", module_class=False)
         if keys == ["args", "class"]:
-            return self.part(spec, where, ref, depth)
+            cls = self.named_class(spec["class"], f"{where}.class", module_class=True)
+            if where == "model" and self.is_ladder(spec):
+                return self.ladder(spec, depth)
+            return self.part(cls, spec["args"], where, ref, depth)
+        if keys == ["args", "part"] and self.version >= 2:
+            return self.part(self.registered(spec["part"], f"{where}.part"), spec["args"], where, ref, depth)
         raise self.error(
             where,
-            'a part {"class", "args"}, a class {"type"} or a reference {"ref"}',
+            f'a part {self.part_keys}, a class {{"type": ...}} or a reference {{"ref": ...}}',
             f"an object with keys {_show.repr(keys)}",
         )
 
@@ -475,52 +565,124 @@ class _Rebuild:
             raise self.error(where, f"a part built before this one, one of {sorted(self.built)}", _show.repr(name))
         return self.built[name]
 
-    def part(self, spec: dict[str, Any], where: str, ref: str, depth: int) -> nn.Module:
-        """The module ``{"class": ..., "args": {...}}`` describes, built from the rebuilt arguments."""
-        cls = self.import_class(spec["class"], f"{where}.class", module_class=True)
-        if not isinstance(spec["args"], dict):
-            raise self.error(f"{where}.args", "an object of constructor arguments", _show.repr(spec["args"]))
-        args = {
-            name: self.value(v, f"{where}.args.{name}", f"{ref}.{name}", depth + 2) for name, v in spec["args"].items()
-        }
+    def arguments(self, args: Any, where: str, ref: str, depth: int) -> dict[str, Any]:
+        """The constructor arguments ``args`` (at ``where.args``) describe, rebuilt."""
+        if not isinstance(args, dict):
+            raise self.error(f"{where}.args", "an object of constructor arguments", _show.repr(args))
+        return {name: self.value(v, f"{where}.args.{name}", f"{ref}.{name}", depth + 2) for name, v in args.items()}
+
+    def call(
+        self, make: Callable[..., nn.Module], args: dict[str, Any], where: str, what: str, *positional: Any
+    ) -> nn.Module:
+        """``make(*positional, **args)``, counted as one module first; its failures name ``where`` and ``what``."""
         try:
             self.budget.spend(objects=1)  # before it is built: a part without weights registers nothing
-            part = cls(**args)
+            return make(*positional, **args)
         except _OverBudget as err:
-            raise self.error(where, err.expected, f"{_qualname(cls)} asking for more") from None
+            raise self.error(where, err.expected, f"{what} asking for more") from None
         except Exception as err:
-            raise self.error(where, f"arguments that {_qualname(cls)} accepts", f"{type(err).__name__}: {err}") from err
+            raise self.error(where, f"arguments that {what} accepts", f"{type(err).__name__}: {err}") from err
+
+    def part(self, cls: type, args: Any, where: str, ref: str, depth: int) -> nn.Module:
+        """The module of class ``cls`` built from the rebuilt arguments ``args``."""
+        part = self.call(cls, self.arguments(args, where, ref, depth), where, _qualname(cls))
         self.built[ref] = part
         return part
 
-    def import_class(self, name: Any, where: str, *, module_class: bool) -> type:
-        """The class ``name`` ("pkg.mod.Class"), imported only from an allowed module.
+    def registered(self, name: Any, where: str) -> type:
+        """The class registered as ``name`` ("prior/vamp"), among the parts registered so far."""
+        kind, _, short = name.partition(_PART_SEPARATOR) if isinstance(name, str) else ("", "", "")
+        if kind not in registry.KINDS or not short:
+            kinds = ", ".join(registry.KINDS)
+            raise self.error(where, f"a registered part 'kind/name' (kind one of {kinds})", _show.repr(name))
+        names = registry.names(kind)
+        if short not in names:
+            listed = ", ".join(repr(n) for n in names) or "none"
+            raise self.error(where, f"a registered {kind}, one of {listed}", f"{_show.repr(short)}; {_PLUGIN_HINT}")
+        cls = registry.entry(kind, short).obj
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise self.error(where, "a part whose entry is a module class", f"{name!r}, which is {_show.repr(cls)}")
+        return cls
+
+    def named_class(self, name: Any, where: str, *, module_class: bool) -> type:
+        """The class ``name`` ("pkg.mod.Class") names, imported only from an allowed module.
 
         The module is the name up to its last dot, decided before anything is imported; the class
         must be defined in that module (not reached through another module's attributes, so a
-        file cannot name ``genvae.io.os.system``), and be an ``nn.Module`` where ``module_class``.
+        file cannot name ``genvae.io.os.system``), or, for genvae's, under it; and be an
+        ``nn.Module`` where ``module_class``.
         """
-        refuse = self.error(
+        if isinstance(name, str) and name in self.classes:
+            cls = self.classes[name]
+        else:
+            cls = self.find_class(name, where)
+            self.classes[name] = cls
+        if module_class and not issubclass(cls, nn.Module):
+            raise self.refusal(where, name)
+        return cls
+
+    def refusal(self, where: str, name: Any) -> ValueError:
+        registered = " or a registered part" if self.version >= 2 else ""
+        return self.error(
             where,
             f"a class defined in one of {list(PART_MODULES)}, under {_TORCH_LAYERS!r} or under a trusted prefix "
-            f"{list(self.trusted)}; pass trusted=('yourpackage.',) to load(...) to allow your own parts",
+            f"{list(self.trusted)}{registered}; pass trusted=('yourpackage.',) to load(...) to allow your own parts",
             _show.repr(name),
         )
+
+    def find_class(self, name: Any, where: str) -> type:
         if not isinstance(name, str) or not all(word.isidentifier() for word in name.split(".")):
-            raise refuse
+            raise self.refusal(where, name)
         module_name, _, class_name = name.rpartition(".")
+        if any(_under(module_name, own) for own in PART_MODULES):
+            found = _own_class(module_name, class_name)
+            if len(found) > 1:
+                classes = ", ".join(sorted(map(_qualname, found)))
+                raise self.error(where, "the name of one of genvae's classes", f"{name!r}, the name of {classes}")
+            if not found:
+                raise self.refusal(where, name)
+            return found[0]
         if not module_name or not _allowed(module_name, self.trusted):
-            raise refuse
+            raise self.refusal(where, name)
         try:
             module = importlib.import_module(module_name)
         except ImportError:
-            raise refuse from None
+            raise self.refusal(where, name) from None
         cls = vars(module).get(class_name)
         if not isinstance(cls, type) or cls.__module__ != module_name or cls.__qualname__ != class_name:
-            raise refuse
-        if module_class and not issubclass(cls, nn.Module):
-            raise refuse
+            raise self.refusal(where, name)
         return cls
+
+    @staticmethod
+    def is_ladder(spec: dict[str, Any]) -> bool:
+        """Whether ``spec`` is a ``HierarchicalVAE`` of version 1's arguments, which ``from_ladder``
+        makes (a version-2 file written before genvae had it names one so too)."""
+        return (
+            spec["class"] == _LADDER_CLASS
+            and hasattr(sys.modules.get("genvae.hierarchy"), "from_ladder")
+            and isinstance(spec["args"], dict)
+            and sorted(spec["args"]) == sorted(_LADDER_ATTRIBUTES)
+        )
+
+    def ladder(self, spec: dict[str, Any], depth: int) -> nn.Module:
+        """A version-1 ``HierarchicalVAE``'s parts in a plain module under the attributes its weights
+        are named after; ``finish`` makes the model of them with ``from_ladder``."""
+        args = self.arguments(spec["args"], "model", "model", depth)
+
+        def container(**parts: Any) -> nn.Module:
+            held = nn.Module()
+            for name, attribute in _LADDER_ATTRIBUTES.items():
+                many = name in ("down", "priors")
+                if not isinstance(parts[name], tuple if many else nn.Module):
+                    raise TypeError(f"expected {name} to be {'a list of parts' if many else 'a part'}")
+                setattr(held, attribute, nn.ModuleList(parts[name]) if many else parts[name])
+            return held
+
+        held = self.call(container, args, "model", "a version-1 HierarchicalVAE")
+        from_ladder = sys.modules["genvae.hierarchy"].from_ladder  # type: ignore[attr-defined]
+        parts = [args[name] for name in _LADDER_ATTRIBUTES]  # encoder, down, priors, decoder, likelihood, prior
+        self.finish = lambda: self.call(from_ladder, {}, "model", "from_ladder", *parts)
+        return held
 
 
 class _Budget:
@@ -816,13 +978,13 @@ def _counting_module_copies() -> Iterator[None]:
                     setattr(nn.Module, _DEEPCOPY, _module_deepcopy)
 
 
-def _build(spec: Any, stored: dict[str, _Stored], file: str, trusted: tuple[str, ...]) -> nn.Module:
-    """The model ``spec`` describes, built on a budget of memory and modules taken from the file."""
-    budget = _Budget(stored)
+@contextmanager
+def _on_budget(budget: _Budget) -> Iterator[None]:
+    """Count what this thread creates, registers and copies in the block against ``budget``."""
     active = _ACTIVE.set(budget)
     try:
         with _SizeBudget(budget), _registration_limit(budget), _counting_module_copies():
-            return _Rebuild(file, trusted, budget).model(spec)
+            yield
     finally:
         _ACTIVE.reset(active)
 
@@ -901,6 +1063,18 @@ def _load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], aliases: d
         raise ValueError(f"the weights in {file!r} do not match their description: {err}") from None
 
 
+def _kept_weights(model: nn.Module, parts: nn.Module, file: str) -> nn.Module:
+    """``model``, made of ``parts`` once their weights were read, checked to hold no other tensor."""
+    read = {id(tensor) for tensor in parts.state_dict(keep_vars=True).values()}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in read:
+            raise ValueError(
+                f"model in {file!r}: expected a model made of the file's weights, got {name!r}, which the file "
+                "does not hold"
+            )
+    return model
+
+
 # --------------------------------------------------------------------------- load
 
 
@@ -912,16 +1086,18 @@ def load(
 ) -> nn.Module:
     """Rebuild a model saved by [`save`][genvae.io.save] (or a run folder holding ``model.safetensors``).
 
-    Nothing in the file is trusted: classes come only from genvae's part modules, torch's layers
-    and ``trusted``; the model is built on a budget of memory and modules taken from the file's
-    tensors (your own parts' constructors too), and its tensors are compared with the file's before
-    the weights are read (see the module docstring). A run folder's model file is verified against
-    its manifest.
+    Nothing in the file is trusted, and nothing is imported because it names it: parts come only
+    from the registry (genvae's own, and a plugin's once you have imported its module), torch's
+    layers and ``trusted``; the model is built on a budget of memory and modules taken from the
+    file's tensors (your own parts' constructors too), and its tensors are compared with the file's
+    before the weights are read (see the module docstring). Files of version 1 load too. A run
+    folder's model file is verified against its manifest.
 
     Args:
         path: the file or run folder.
         map_location: device for the weights.
-        trusted: extra module prefixes whose classes may be imported, e.g. ``("myproject.",)``.
+        trusted: extra module prefixes whose classes a file may name by module path, and which are
+            then imported, e.g. ``("myproject.",)``; a registered part needs none.
 
     Returns:
         The model, in eval mode.
@@ -929,9 +1105,9 @@ def load(
     Raises:
         FileNotFoundError: no such file or run folder.
         TypeError: ``trusted`` is not a collection of strings.
-        ValueError: not a genvae file, a description that is malformed or names a class outside the
-            allowed modules, weights that do not match the description, or a run folder's file
-            that does not match its manifest.
+        ValueError: not a genvae file of a version read here, a description that is malformed, names
+            a part that is not registered or a class outside the allowed modules, weights that do
+            not match the description, or a run folder's file that does not match its manifest.
     """
     prefixes = _prefixes(trusted)
     data, file = _read(Path(path))
@@ -940,10 +1116,15 @@ def load(
     spec = _description(header, file)
     tensors = _read_tensors(data, file)
     del data  # the tensors hold a copy: the model is built without the file's bytes held as well
-    model = _build(spec.get("model"), stored, file, prefixes)
+    rebuild = _Rebuild(file, prefixes, _Budget(stored), spec["version"])
+    with _on_budget(rebuild.budget):
+        model = rebuild.model(spec.get("model"))
     aliases = _check_tensors(model, stored, file)
     floats = {s.dtype for s in stored.values() if s.dtype.is_floating_point}
     if len(floats) == 1:
         model.to(floats.pop())  # the precision it was saved in: a float64 model loads as float64
     _load_weights(model, tensors, aliases, file)
+    if rebuild.finish is not None:
+        with _on_budget(rebuild.budget):
+            model = _kept_weights(rebuild.finish(), model, file)
     return model.to(map_location).eval()
