@@ -134,7 +134,29 @@ def test_fit_compiles_from_the_threshold(monkeypatch, light_compile):
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
-def test_cli_records_the_resolved_engine_and_resume_keeps_it(tmp_path, capsys, monkeypatch, light_compile):
+def test_a_resumed_fit_repeats_the_engine_its_checkpoint_records(tmp_path, monkeypatch, light_compile):
+    """With a lower threshold a new run would compile; the resumed one, its settings at "auto",
+    runs the engine the run started with. An explicit setting still wins, and a recorded engine of
+    another kind of device is not repeated."""
+    x, run = torch.rand(64, *SHAPE), tmp_path / "run"
+    first = fit(mlp(), x, epochs=1, batch_size=32, out=run, progress=False)
+    assert not first.engine.compile
+    monkeypatch.setattr(choice, "COMPILE_MIN_STEPS", 2)
+    resumed = fit(mlp(), x, epochs=2, batch_size=32, out=run, resume=True, progress=False)
+    assert resumed.engine.describe() == "eager, float32"
+    assert resumed.engine.reason == "compile, amp, cuda_graph as the run started"
+    assert json.loads((run / "fit.json").read_text())["engine"]["reason"] == resumed.engine.reason
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["engine"]["compile"] is False
+    flagged = fit(mlp(), x, epochs=3, batch_size=32, out=run, resume=True, compile=True, progress=False)
+    assert flagged.engine.compile is True and flagged.engine.reason.startswith("amp, cuda_graph as the run started")
+    gpu_run = choice.Engine(True, True, True, False, False, "on a GPU", "cuda")
+    fresh = choose_engine(mlp(), "cpu", 1, recorded=gpu_run)
+    assert (fresh.compile, fresh.amp, fresh.cuda_graph) == (False, False, False)
+    assert "as the run started" not in fresh.reason
+
+
+def test_cli_lets_fit_choose_the_engine_and_resume_repeat_it(tmp_path, capsys, monkeypatch, light_compile):
+    """config.json keeps the settings as given ("auto"); fit.json and the printed line say what ran."""
     data = tmp_path / "x.pt"
     torch.save(torch.rand(96, *SHAPE), data)
     run = tmp_path / "run"
@@ -143,14 +165,13 @@ def test_cli_records_the_resolved_engine_and_resume_keeps_it(tmp_path, capsys, m
     err = capsys.readouterr().err
     assert "engine: eager, float32 (not compiled: 3 planned steps < 2,000" in err
     saved = json.loads((run / "config.json").read_text())
-    assert (saved["compile"], saved["amp"], saved["cuda_graph"]) == (False, False, False)
+    assert (saved["compile"], saved["amp"], saved["cuda_graph"]) == ("auto", "auto", "auto")
 
-    # With a lower threshold a new run would compile; the resumed one keeps its recorded engine.
     monkeypatch.setattr(choice, "COMPILE_MIN_STEPS", 2)
     assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"]) == 0
     assert json.loads((run / "fit.json").read_text())["engine"]["compile"] is False
     assert main(["info", str(run)]) == 0
-    assert "engine     eager, float32 (as given)" in capsys.readouterr().out
+    assert "engine     eager, float32 (compile, amp, cuda_graph as the run started)" in capsys.readouterr().out
 
     flagged = tmp_path / "flagged"
     assert main([*common, "--epochs", "1", "--compile", "--no-amp", "--out", str(flagged), "--no-progress"]) == 0
