@@ -8,8 +8,8 @@ import torch
 
 __all__ = ["BF16_CAPABILITY", "bf16_matrix_units", "native_bf16"]
 
-#: The CUDA compute capability from which a GPU has bfloat16 tensor cores (Ampere).
 BF16_CAPABILITY = (8, 0)
+"""The CUDA compute capability from which a GPU has bfloat16 tensor cores (Ampere)."""
 
 
 def native_bf16(device: torch.device | str) -> bool:
