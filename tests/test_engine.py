@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from genvae import VAE
+from genvae import ELBO, VAE
 from genvae.cli import main
-from genvae.engines import COMPILE_MIN_STEPS, GRAPH_MIN_STEPS, Engine, choice, choose_engine, native_bf16
+from genvae.engines import (
+    COMPILE_MIN_STEPS,
+    GRAPH_MIN_STEPS,
+    Batch,
+    Engine,
+    bf16_matrix_units,
+    choice,
+    choose_engine,
+    make_step,
+    native_bf16,
+    objective_loss,
+)
+from genvae.engines.cuda_graph import GraphedStep
+from genvae.engines.whole_step import CompiledAdamStep
 from genvae.likelihoods import Bernoulli
 from genvae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from genvae.priors import StandardNormal, VampPrior
@@ -177,3 +191,42 @@ def test_cli_lets_fit_choose_the_engine_and_resume_repeat_it(tmp_path, capsys, m
     assert main([*common, "--epochs", "1", "--compile", "--no-amp", "--out", str(flagged), "--no-progress"]) == 0
     saved = json.loads((flagged / "config.json").read_text())
     assert (saved["compile"], saved["amp"]) == (True, False)
+
+
+def test_make_step_builds_the_step_each_engine_names():
+    """Eager, compiled loss, whole step and CUDA graph each wrap the one train_step; the eager one
+    takes exactly the step of autograd and torch.optim.Adam on the objective's loss."""
+    torch.manual_seed(0)
+    model, reference = mlp(), mlp()
+    reference.load_state_dict(model.state_dict())
+    opt, opt_ref = torch.optim.Adam(model.parameters()), torch.optim.Adam(reference.parameters())
+    count, running = torch.zeros((), dtype=torch.int64), torch.zeros(())
+    plain = Engine(False, False, False, False, False, "as given", "cpu")
+
+    def make(optimizer=opt, **changes) -> object:
+        engine = dataclasses.replace(plain, **changes)
+        return make_step(model, ELBO(), optimizer, engine, step=count, running=running)
+
+    x = torch.rand(8, *SHAPE)
+    torch.manual_seed(1)
+    make()(Batch(x))
+    torch.manual_seed(1)
+    loss = ELBO()(reference.terms(x), 1).loss
+    loss.backward()
+    opt_ref.step()
+    assert int(count) == 1 and torch.equal(running, loss.detach())
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(p, q)
+    assert make(compile=True).keywords["loss"] is not objective_loss  # the compiled loss
+    assert make().keywords["loss"] is objective_loss
+    assert isinstance(make(compile=True, whole_step=True), CompiledAdamStep)
+    capturable = torch.optim.Adam(model.parameters(), capturable=True)
+    assert isinstance(make(capturable, cuda_graph=True), GraphedStep)
+    with pytest.raises(ValueError, match="capturable=True for cuda_graph=True, got Adam with capturable=False"):
+        make(cuda_graph=True)
+
+
+def test_bf16_matrix_units_are_the_cpus_native_bf16_or_a_gpus_compute_capability(gpu):
+    assert bf16_matrix_units("cpu") is native_bf16("cpu")
+    assert bf16_matrix_units(gpu((8, 0))) and not bf16_matrix_units(gpu((7, 5)))
+    assert not native_bf16(gpu((9, 0)))

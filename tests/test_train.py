@@ -13,13 +13,13 @@ import pytest
 import torch
 from conftest import OBJECTIVES, PoisonedAdam
 
-from genvae import ELBO, IWAE, VAE, load
+from genvae import ELBO, IWAE, VAE, DReG, FreeBits, load
 from genvae.data import BatchLoader, synthetic_digits
 from genvae.likelihoods import Bernoulli
 from genvae.metrics import evaluate_iw_nll
 from genvae.nets import MLPDecoder, MLPEncoder
 from genvae.priors import StandardNormal
-from genvae.schedules import Cyclical, Epochs, LinearWarmup
+from genvae.schedules import Cyclical, Epochs, LinearWarmup, in_steps
 from genvae.train import fit
 
 SHAPE = (1, 28, 28)
@@ -463,19 +463,34 @@ def test_schedule_lengths_in_epochs_become_the_steps_of_the_runs_epochs(data, tm
     train, _ = data
     steps = -(-len(train) // 32)
     opts = dict(epochs=1, batch_size=32, device="cpu", progress=False)
-    for in_epochs, in_steps in [
+    for in_epochs, counted in [
         (ELBO(LinearWarmup(0.5, steps=Epochs(2))), ELBO(LinearWarmup(0.5, steps=2 * steps))),
         (IWAE(2, beta=Cyclical(1.0, period=Epochs(2))), IWAE(2, beta=Cyclical(1.0, period=2 * steps))),
     ]:
         a, b = small_vae(), small_vae()
         fit(a, train, objective=in_epochs, out=tmp_path / type(in_epochs).__name__, **opts)
-        fit(b, train, objective=in_steps, **opts)
+        fit(b, train, objective=counted, **opts)
         for p, q in zip(a.parameters(), b.parameters()):
             assert torch.equal(p, q)
         record = json.loads((tmp_path / type(in_epochs).__name__ / "fit.json").read_text())
-        assert record["objective"] == repr(in_steps)
+        assert record["objective"] == repr(counted)
     with pytest.raises(ValueError, match=r"length in optimizer steps; fit converts Epochs"):
         LinearWarmup(1.0, steps=Epochs(3)).value(1)
+
+
+def test_in_steps_converts_every_length_in_epochs_and_leaves_the_rest_alone():
+    """At any depth of dataclasses; what holds no Epochs comes back as the same object."""
+    nested = FreeBits(0.1, beta=Cyclical(2.0, period=Epochs(3), ratio=0.25), k=2)
+    converted = in_steps(nested, 7)
+    assert converted == FreeBits(0.1, beta=Cyclical(2.0, period=21, ratio=0.25), k=2)
+    assert converted.schedule.value(6) == 2.0 * 5 / (21 * 0.25)
+    for unchanged in (DReG(3), ELBO(LinearWarmup(1.0, steps=4)), LinearWarmup(1.0, steps=4), 0.5):
+        assert in_steps(unchanged, 7) is unchanged
+    assert in_steps(Epochs(2), 5) == 10
+    with pytest.raises(ValueError, match="Epochs.*positive int, got 0"):
+        Epochs(0)
+    with pytest.raises(ValueError, match="steps_per_epoch to be a positive int"):
+        in_steps(nested, 0)
 
 
 def test_metrics_are_recorded_per_epoch_and_do_not_change_training(data, tmp_path):
