@@ -107,6 +107,10 @@ PART_MODULES = (
     "genvae.priors",
     "genvae.likelihoods",
     "genvae.hierarchy",
+    "genvae.hierarchy.blocks",
+    "genvae.hierarchy.cells",
+    "genvae.hierarchy.legacy",
+    "genvae.hierarchy.model",
     "genvae.flows",
 )
 #: torch's layers (activations, ``Linear``...) live in the modules under this prefix.
@@ -469,10 +473,16 @@ def _allowed(module: str, trusted: tuple[str, ...]) -> bool:
 
 def _own_class(module: str, name: str) -> list[type]:
     """The classes of qualified name ``name`` defined in genvae's module ``module`` or in a module
-    under it, found among the modules imported already, once genvae's part modules are: a file
-    never chooses what is imported."""
+    under it, found among the modules imported already, once the part modules of its package are
+    (``genvae.hierarchy`` and those listed under it): a file never names what is imported."""
+    package = ".".join(module.split(".")[:2])  # genvae.hierarchy of genvae.hierarchy.cells
     for part_module in PART_MODULES:
-        importlib.import_module(part_module)
+        if _under(part_module, package):
+            try:
+                importlib.import_module(part_module)
+            except ModuleNotFoundError as err:  # a listed module genvae does not have (yet)
+                if err.name != part_module:
+                    raise
     found = []
     for loaded, value in list(sys.modules.items()):
         cls = vars(value).get(name) if value is not None and _under(loaded, module) else None
