@@ -20,7 +20,7 @@ import genvae.models
 from genvae import VAE
 from genvae.likelihoods import Bernoulli, Gaussian
 from genvae.metrics import IWSummary, evaluate_iw_nll, evaluating, iw_nll, native_bf16
-from genvae.models import ELBOOutput
+from genvae.terms import ELBOOutput
 from genvae.nets import MLPDecoder, MLPEncoder
 from genvae.objectives import ELBO, IWAE
 from genvae.priors import StandardNormal

@@ -15,10 +15,10 @@ objective::
 
 from .io import load, save
 from .kl import kl_divergence
-from .models import CVAE, VAE, ELBOOutput
+from .models import CVAE, VAE
 from .objectives import ELBO, IWAE, STL, DReG, FreeBits, Objective, ObjectiveValue
 from .protocols import Decoder, Encoder, LatentVariableModel, Likelihood, Prior
-from .terms import LatentLayer, Terms
+from .terms import ELBOOutput, LatentLayer, Terms
 
 __version__ = "0.1.0"
 

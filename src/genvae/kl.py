@@ -145,9 +145,9 @@ def kl_on_draws(q: Distribution, p: Distribution, z: Tensor) -> Tensor:
     """KL(q ‖ p) where ``z`` are draws from q: closed form where registered, else on the draws.
 
     Args:
-        q: the posterior, batch ``(*batch,)``, event ``(D,)``.
-        p: the prior, batch broadcastable with ``z``'s leading dims, event ``(D,)``.
-        z: ``(*S, *batch, D)`` draws from q (the ones the model decoded).
+        q: the posterior, batch ``(*batch,)``, event ``(*event,)`` (``(D,)``, ``(C, H, W)``…).
+        p: the prior, batch broadcastable with ``z``'s leading dims, of the same event shape.
+        z: ``(*S, *batch, *event)`` draws from q (the ones the model decoded).
 
     Returns:
         ``(*S, *batch)``: the closed form broadcast over the sample dims, or the single-draw
@@ -168,28 +168,46 @@ def _factors(d: Distribution) -> Distribution | None:
     return None
 
 
+def _scalar_factors(d: Distribution) -> Distribution | None:
+    """The per-element distribution of ``Independent(base, n)`` whose base has scalar events (a
+    factorised distribution over an event of any shape, ``(D,)`` or ``(C, H, W)``), else None."""
+    if (
+        isinstance(d, Independent)
+        and d.reinterpreted_batch_ndims == len(d.event_shape)
+        and d.base_dist.event_shape == ()
+    ):
+        return d.base_dist
+    return None
+
+
 def kl_per_dim(q: Distribution, p: Distribution, z: Tensor) -> Tensor:
-    """KL(q ‖ p) per latent dimension, for factorised q and p (``Independent(…, 1)`` of scalars).
+    """KL(q ‖ p) per latent dimension, for factorised q and p (``Independent`` of scalars over an
+    event of any shape: ``(D,)``, or ``(C, H, W)`` for a spatial layer).
 
     Closed form where torch registers one for the factors, else log q_j(z_j) − log p_j(z_j) on the
-    draws. Summed over the last dim it equals [`kl_on_draws`][genvae.kl.kl_on_draws].
+    draws. Summed over the event dims it equals [`kl_on_draws`][genvae.kl.kl_on_draws].
 
     Args:
-        q: the posterior, as in [`kl_on_draws`][genvae.kl.kl_on_draws].
-        p: the prior.
-        z: ``(*S, *batch, D)`` draws from q.
+        q: the posterior, as in [`kl_on_draws`][genvae.kl.kl_on_draws], event ``(*event,)``.
+        p: the prior, of the same event shape.
+        z: ``(*S, *batch, *event)`` draws from q.
 
     Returns:
-        ``(*S, *batch, D)``.
+        ``(*S, *batch, *event)``.
 
     Raises:
-        ValueError: q or p does not factorise over dimensions (a mixture prior, a flow posterior).
+        ValueError: q or p does not factorise over dimensions (a mixture prior, a flow posterior),
+            or their event shapes differ.
     """
-    q_j, p_j = _factors(q), _factors(p)
+    q_j, p_j = _scalar_factors(q), _scalar_factors(p)
     if q_j is None or p_j is None:
         raise ValueError(
-            f"expected a posterior and a prior that factorise over latent dimensions (Independent(..., 1)) for a "
+            f"expected a posterior and a prior that factorise over latent dimensions (Independent of scalars) for a "
             f"KL per dimension, got {type(q).__name__} and {type(p).__name__}"
+        )
+    if q.event_shape != p.event_shape:
+        raise ValueError(
+            f"expected q and p with the same event shape, got {tuple(q.event_shape)} and {tuple(p.event_shape)}"
         )
     try:
         return _torch_kl(q_j, p_j).expand(z.shape)

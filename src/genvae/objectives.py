@@ -29,8 +29,8 @@ from torch import Tensor
 from torch.distributions import Distribution, TransformedDistribution
 
 from ._checks import positive_int
-from .schedules import Schedule, as_schedule
 from .registry import register
+from .schedules import Schedule, as_schedule
 from .terms import Terms, total
 
 __all__ = ["DReG", "ELBO", "FreeBits", "IWAE", "Objective", "ObjectiveValue", "STL"]
@@ -233,7 +233,8 @@ class FreeBits:
     https://arxiv.org/abs/1606.04934, appendix C.8).
 
     ``loss = −mean(log p(x|z)) + β·Σ_l Σ_j max(λ, KL_lj)``, where KL_lj is the KL of dimension j of
-    layer l averaged over the batch: a dimension whose KL is under λ gets no gradient from it, so
+    layer l averaged over the batch (j runs over every element of the layer's event, ``(D,)`` or
+    ``(C, H, W)``): a dimension whose KL is under λ gets no gradient from it, so
     the encoder is free to use it. ``bound`` is the ELBO. Needs a posterior and a prior that
     factorise over dimensions (not a mixture prior).
 
@@ -258,8 +259,8 @@ class FreeBits:
 
     def __call__(self, terms: Terms, step: int | Tensor = 1) -> ObjectiveValue:
         ll = terms.log_likelihood  # (k, B)
-        per_dim = [layer.kl_per_dim() for layer in terms.layers]  # (k, B, D_l) each
+        per_dim = [layer.kl_per_dim() for layer in terms.layers]  # (k, B, *event_l) each
         floored = total(kl.flatten(0, 1).mean(0).clamp(min=self.lambda_).sum() for kl in per_dim)  # ()
         beta = self.schedule.value(step)
-        kl = total(d.sum(-1) for d in per_dim)  # (k, B)
+        kl = total(d.flatten(2).sum(-1) for d in per_dim)  # (k, B)
         return ObjectiveValue(-ll.mean() + beta * floored, (ll - kl).mean(0))

@@ -2,7 +2,8 @@
 
 Any ``nn.Module`` (or callable) whose call signature fits plugs in: nothing to inherit, nothing to
 register. Shapes use ``B`` for the batch, ``D`` for the latent size and ``S`` for any extra leading
-sample dimensions (importance samples).
+sample dimensions (importance samples); a latent of another shape, such as the ``(C, H, W)`` of a
+spatial layer, stands where ``(D,)`` does.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 if TYPE_CHECKING:
-    from .models import ELBOOutput
-    from .terms import Terms
+    from .terms import ELBOOutput, Terms
 
 __all__ = ["Decoder", "Encoder", "LatentVariableModel", "Likelihood", "Prior"]
 

@@ -4,10 +4,12 @@
     terms.log_likelihood                 (k, B)   log p(x | z_k)
     terms.layers[l].posterior            q(z_l | …), batch (B,) (or (k, B) below the top of a hierarchy)
     terms.layers[l].prior                p(z_l | …), batch (), (B,) or (k, B)
-    terms.layers[l].z                    (k, B, D_l), the draws that were decoded
+    terms.layers[l].z                    (k, B, *event_l), the draws that were decoded
 
-Objectives ([`genvae.objectives`][genvae.objectives]) read nothing else, so a model with more layers, or another
-posterior, plugs into every objective unchanged.
+A layer's event is its posterior's event shape: ``(D,)`` for a vector of D latents, ``(C, H, W)``
+for a spatial layer (NVAE, VDVAE). Objectives ([`genvae.objectives`][genvae.objectives]) read
+nothing else, so a model with more layers, or another posterior, plugs into every objective
+unchanged. [`ELBOOutput`][genvae.terms.ELBOOutput], what ``model.elbo`` returns, lives here too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch.distributions import Distribution
 
 from .kl import kl_on_draws, kl_per_dim
 
-__all__ = ["LatentLayer", "Terms"]
+__all__ = ["ELBOOutput", "LatentLayer", "Terms"]
 
 
 def total(values: Iterable[Tensor]) -> Tensor:
@@ -35,9 +37,9 @@ class LatentLayer:
     """One stochastic layer: the posterior, the prior and the ``k`` reparameterised draws.
 
     Attributes:
-        posterior: q(z | …), event ``(D,)``.
-        prior: p(z | …), event ``(D,)``.
-        z: ``(k, B, D)`` draws from ``posterior``.
+        posterior: q(z | …), event ``(*event,)``: ``(D,)``, or ``(C, H, W)`` for a spatial layer.
+        prior: p(z | …), of the same event shape.
+        z: ``(k, B, *event)`` draws from ``posterior``.
     """
 
     posterior: Distribution
@@ -49,7 +51,7 @@ class LatentLayer:
         return kl_on_draws(self.posterior, self.prior, self.z)
 
     def kl_per_dim(self) -> Tensor:
-        """``(k, B, D)``: the KL per latent dimension (factorised posterior and prior only)."""
+        """``(k, B, *event)``: the KL per latent dimension (factorised posterior and prior only)."""
         return kl_per_dim(self.posterior, self.prior, self.z)
 
     def log_ratio(self) -> Tensor:
@@ -85,3 +87,21 @@ class Terms:
     def log_weights(self) -> Tensor:
         """``(k, B)``: log p(x, z) − log q(z | x), the log importance weights."""
         return self.log_likelihood + self.log_ratio()
+
+
+@dataclass(frozen=True)
+class ELBOOutput:
+    """Per-example terms of the evidence lower bound, in nats (what ``model.elbo`` returns, see
+    [`genvae.models.elbo`][genvae.models.elbo]).
+
+    Attributes:
+        elbo: ``(B,)`` the bound on log p(x): log p(x|z) − KL for k = 1, the IW bound for k > 1.
+        log_likelihood: ``(B,)`` the reconstruction term E_q[log p(x|z)] (single or k-sample mean).
+        kl: ``(B,)`` KL(q(z|x) ‖ p(z)) summed over layers, closed form or its Monte-Carlo estimate.
+        loss: scalar to minimise: −mean(log_likelihood − β·kl) (k = 1) or −mean(β-weighted IW bound).
+    """
+
+    elbo: Tensor
+    log_likelihood: Tensor
+    kl: Tensor
+    loss: Tensor
