@@ -140,11 +140,7 @@ def choose_engine(
     dev = torch.device(device)
     notes = []
     if recorded is not None and recorded.device == dev.type:
-        given = {"compile": compile, "amp": amp, "cuda_graph": cuda_graph}
-        repeated = [name for name, value in given.items() if value == AUTO]
-        compile, amp, cuda_graph = (getattr(recorded, n) if n in repeated else v for n, v in given.items())
-        if repeated:
-            notes.append(f"{', '.join(repeated)} as the run started")
+        compile, amp, cuda_graph = _repeat(recorded, notes, compile=compile, amp=amp, cuda_graph=cuda_graph)
     if cuda_graph is True and (dev.type != "cuda" or processes > 1):
         raise ValueError(
             f"expected cuda_graph=True on a single CUDA device, got device {str(dev)!r} and {processes} processes"
@@ -180,6 +176,14 @@ def choose_engine(
         reason="; ".join(notes) if notes else "as given",
         device=dev.type,
     )
+
+
+def _repeat(recorded: Engine, notes: list[str], **given: bool | str) -> list[bool | str]:
+    """The settings ``given``, each left at ``"auto"`` replaced by ``recorded``'s value (noted)."""
+    repeated = [name for name, value in given.items() if value == AUTO]
+    if repeated:
+        notes.append(f"{', '.join(repeated)} as the run started")
+    return [getattr(recorded, name) if name in repeated else value for name, value in given.items()]
 
 
 def _why_steps(steps: int, least: int, alone: bool) -> str:

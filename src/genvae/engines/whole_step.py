@@ -97,30 +97,14 @@ class CompiledAdamStep:
         grad_clip: float | None = None,
         mode: str | None = None,
     ) -> None:
-        options = {k: opt.defaults.get(k, False) for k in ("amsgrad", "decoupled_weight_decay")}
-        if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1 or any(options.values()):
-            raise ValueError(
-                f"expected a torch.optim.Adam with one parameter group, amsgrad=False and "
-                f"decoupled_weight_decay=False, got {type(opt).__name__} with {len(opt.param_groups)} "
-                f"group(s) and {options}"
-            )
-        if shares_parameters(model):
-            raise ValueError(
-                "expected a model whose parts share no parameters (a VampPrior reuses its encoder's), "
-                "which the compiled gradient transform does not support; compile the loss alone"
-            )
+        _check_adam_and_model(opt, model)
         self.step, self.model, self.objective, self.opt = step, model, objective, opt
         self.amp, self.grad_clip = amp, grad_clip
         group = opt.param_groups[0]
         index = {id(p): n for n, p in model.named_parameters()}
         self.names = [index[id(p)] for p in group["params"]]
         self.buffer_names = [n for n, _ in model.named_buffers()]
-        for p in group["params"]:
-            state = opt.state[p]
-            if not state:  # as Adam initialises its state on its first step
-                state["step"] = torch.zeros((), dtype=_scalar_dtype(), device=p.device)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        _init_adam_state(opt)
         self.t = int(opt.state[group["params"][0]]["step"])  # the step count on the host (resume starts past 0)
         self.scalars = torch.zeros(6, dtype=_scalar_dtype(), device=group["params"][0].device)
         # The program's inputs before the batch, in the order _program unpacks them. Parameters enter
@@ -233,6 +217,32 @@ class CompiledAdamStep:
             )
             return None
         return torch._inductor.compile(graph, [*self.inputs, *batch], options=self.options)
+
+
+def _check_adam_and_model(opt: torch.optim.Optimizer, model: torch.nn.Module) -> None:
+    """Refuse what the program does not implement: another update rule, shared parameters."""
+    options = {k: opt.defaults.get(k, False) for k in ("amsgrad", "decoupled_weight_decay")}
+    if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1 or any(options.values()):
+        raise ValueError(
+            f"expected a torch.optim.Adam with one parameter group, amsgrad=False and "
+            f"decoupled_weight_decay=False, got {type(opt).__name__} with {len(opt.param_groups)} "
+            f"group(s) and {options}"
+        )
+    if shares_parameters(model):
+        raise ValueError(
+            "expected a model whose parts share no parameters (a VampPrior reuses its encoder's), "
+            "which the compiled gradient transform does not support; compile the loss alone"
+        )
+
+
+def _init_adam_state(opt: torch.optim.Adam) -> None:
+    """Adam's state of every parameter, as Adam initialises it on its first step, where it has none."""
+    for p in opt.param_groups[0]["params"]:
+        state = opt.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=_scalar_dtype(), device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def _trace(program: Callable[..., tuple[()]], *inputs: Tensor) -> torch.fx.GraphModule:
