@@ -25,7 +25,10 @@ from genvae.hierarchy import (
     KLOnDraws,
     LadderEncoder,
     MLPBlock,
+    Ladder,
+    cells_of,
     conv_hierarchy,
+    from_ladder,
     mlp_hierarchy,
 )
 from genvae.likelihoods import Bernoulli
@@ -548,31 +551,38 @@ def test_no_latent_layer_is_refused() -> None:
 def test_latent_sizes_that_disagree_are_refused_at_construction() -> None:
     up, heads, down, priors = parts()
     encoder = LadderEncoder(up, heads)
-    HierarchicalVAE(encoder, down, priors, MLPDecoder(4, (6,)), Bernoulli(), StandardNormal(3))  # sizes agree
-    with pytest.raises(ValueError, match=r"expected priors\[0\].latent_dim to be 4 \(heads\[0\].latent_dim\), got 5"):
-        HierarchicalVAE(encoder, down, [GaussianHead(5, 5)], MLPDecoder(4, (6,)), Bernoulli(), StandardNormal(3))
-    with pytest.raises(ValueError, match=r"expected down\[0\].in_features to be 3 \(heads\[1\].latent_dim\), got 2"):
-        HierarchicalVAE(encoder, [MLPBlock(2, 5)], priors, MLPDecoder(4, (6,)), Bernoulli(), StandardNormal(3))
-    with pytest.raises(ValueError, match=r"expected heads\[0\].in_features to be 9 \(up\[0\].out_features"):
-        HierarchicalVAE(
+    from_ladder(encoder, down, priors, MLPDecoder(4, (6,)), Bernoulli(), StandardNormal(3))  # sizes agree
+    with pytest.raises(ValueError, match=r"expected prior_head.latent_dim to be 4 \(posterior.latent_dim\), got 5"):
+        from_ladder(encoder, down, [GaussianHead(5, 5)], MLPDecoder(4, (6,)), Bernoulli(), StandardNormal(3))
+    with pytest.raises(ValueError, match=r"expected down.in_features to be 3 \(posterior.latent_dim\), got 2"):
+        from_ladder(encoder, [MLPBlock(2, 5)], priors, MLPDecoder(4, (6,)), Bernoulli(), StandardNormal(3))
+    with pytest.raises(
+        ValueError, match=r"expected cells\[0\].posterior.in_features to be 9 \(cells\[0\].up.out_features"
+    ):
+        from_ladder(
             encoder, [MLPBlock(3, 4)], [GaussianHead(4, 4)], MLPDecoder(4, (6,)), Bernoulli(), StandardNormal(3)
         )
     with pytest.raises(ValueError, match=r"expected prior.latent_dim to be 3 .*, got 4"):
-        HierarchicalVAE(encoder, down, priors, MLPDecoder(4, (6,)), Bernoulli(), StandardNormal(4))
-    with pytest.raises(ValueError, match=r"expected up\[1\].in_features to be 5 \(up\[0\].out_features\), got 7"):
-        LadderEncoder([MLPBlock(6, 5), MLPBlock(7, 5)], heads)
-    with pytest.raises(ValueError, match=r"expected up\[1\].in_features to be 4 \(heads\[0\].latent_dim\), got 5"):
-        LadderEncoder([MLPBlock(6, 5), MLPBlock(5, 5)], [GaussianHead(5, 4), GaussianHead(5, 3)], top_down=False)
+        from_ladder(encoder, down, priors, MLPDecoder(4, (6,)), Bernoulli(), StandardNormal(4))
+    with pytest.raises(
+        ValueError, match=r"expected cells\[1\].up.in_features to be 5 \(cells\[0\].up.out_features\), got 7"
+    ):
+        Ladder(cells_of([MLPBlock(6, 5), MLPBlock(7, 5)], heads, down, priors))
+    with pytest.raises(
+        ValueError, match=r"expected cells\[1\].up.in_features to be 4 \(cells\[0\].posterior.latent_dim\)"
+    ):
+        Ladder(cells_of([MLPBlock(6, 5), MLPBlock(5, 5)], [GaussianHead(5, 4), GaussianHead(5, 3)], down, priors),
+               top_down=False)  # fmt: skip
     with pytest.raises(ValueError, match="expected one head per block, got 2 blocks in up and 1 heads"):
         LadderEncoder(up, heads[:1])
-    with pytest.raises(ValueError, match=r"expected L - 1 = 1 top-down blocks .* got 0 in down and 1 in priors"):
-        HierarchicalVAE(encoder, [], priors, MLPDecoder(4, (6,)), Bernoulli(), StandardNormal(3))
+    with pytest.raises(ValueError, match=r"expected L - 1 = 1 top-down blocks .* got 0 in down and 1 in conditionals"):
+        from_ladder(encoder, [], priors, MLPDecoder(4, (6,)), Bernoulli(), StandardNormal(3))
 
 
 def test_a_decoder_of_another_latent_size_is_refused() -> None:
     up, heads, down, priors = parts()
     with pytest.raises(ValueError, match=r"expected decoder.latent_dim to be 4 \(the size of z_1.*\), got 3"):
-        HierarchicalVAE(LadderEncoder(up, heads), down, priors, MLPDecoder(3, (6,)), Bernoulli(), StandardNormal(3))
+        from_ladder(LadderEncoder(up, heads), down, priors, MLPDecoder(3, (6,)), Bernoulli(), StandardNormal(3))
 
 
 def test_parts_that_declare_no_sizes_are_checked_at_the_first_call() -> None:
@@ -585,9 +595,7 @@ def test_parts_that_declare_no_sizes_are_checked_at_the_first_call() -> None:
             return Independent(gaussian(self.net(h)), 1)
 
     up, heads, down, _ = parts()
-    model = HierarchicalVAE(
-        LadderEncoder(up, heads), down, [Head(2)], MLPDecoder(4, (6,)), Bernoulli(), StandardNormal(3)
-    )
+    model = from_ladder(LadderEncoder(up, heads), down, [Head(2)], MLPDecoder(4, (6,)), Bernoulli(), StandardNormal(3))
     with pytest.raises(ValueError, match=r"expected p\(z_1 \| z_2\) and q\(z_1 \| \.\.\.\) over the same space, got"):
         model.terms(binary(3).float())
 
@@ -596,9 +604,10 @@ def test_parts_that_declare_no_sizes_are_checked_at_the_first_call() -> None:
             return Independent(Normal(torch.zeros(5), torch.ones(5)), 1)
 
     up, heads, down, priors = parts()
-    model = HierarchicalVAE(LadderEncoder(up, heads), down, priors, MLPDecoder(4, (6,)), Bernoulli(), Prior())
+    model = from_ladder(LadderEncoder(up, heads), down, priors, MLPDecoder(4, (6,)), Bernoulli(), Prior())
     with pytest.raises(
-        ValueError, match=r"expected p\(z_2\) and q\(z_2 \| \.\.\.\) .* \(5,\) from prior and \(3,\) from heads\[1\]"
+        ValueError,
+        match=r"expected p\(z_2\) and q\(z_2 \| \.\.\.\) .* \(5,\) from prior and \(3,\) from cells\[1\].posterior",
     ):
         model.terms(binary(3).float())
 
@@ -618,4 +627,4 @@ def test_bad_builder_and_data_arguments_name_what_was_expected() -> None:
     with pytest.raises(ValueError, match="expected k to be a positive int, got 0"):
         model.terms(torch.zeros(2, 6), k=0)
     with pytest.raises(TypeError, match="expected encoder to be a LadderEncoder"):
-        HierarchicalVAE(MLPEncoder((6,), 2), [], [], MLPDecoder(2, (6,)), Bernoulli(), StandardNormal(2))
+        from_ladder(MLPEncoder((6,), 2), [], [], MLPDecoder(2, (6,)), Bernoulli(), StandardNormal(2))

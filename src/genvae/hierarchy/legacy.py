@@ -126,6 +126,10 @@ def from_ladder(
     """
     from .model import HierarchicalVAE, Ladder
 
+    if not all(hasattr(encoder, a) for a in ("up", "heads", "top_down")):
+        raise TypeError(
+            f"expected encoder to be a LadderEncoder (blocks, heads and a route), got {type(encoder).__name__}"
+        )
     ladder = Ladder(cells_of(encoder.up, encoder.heads, down, conditionals), top_down=encoder.top_down)
     if getattr(prior, "encoder", None) is encoder:
         prior.encoder = ladder  # type: ignore[union-attr]
