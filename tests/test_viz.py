@@ -97,3 +97,39 @@ def test_figures_are_pngs_of_the_right_layout(tmp_path):
         save_image_rows(rows, ["a"], tmp_path / "x.png")
     with pytest.raises(ValueError, match="latent_dim 1 or 2"):
         save_manifold(model, tmp_path / "m.png")
+
+
+class _MapModel(torch.nn.Module):
+    """Decodes a latent map (2, 1, 1): image pixel value = sigmoid(z[0]) everywhere; records its codes."""
+
+    latent_shape = (2, 1, 1)
+    latent_dim = None
+    num_classes = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.codes: list[torch.Tensor] = []
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.distributions.Distribution:
+        self.codes.append(z)
+        probs = torch.sigmoid(self.scale * z[:, :1]).expand(-1, 1, 4, 4)  # (N, 1, 4, 4)
+        return torch.distributions.Independent(torch.distributions.Bernoulli(probs=probs), 3)
+
+
+def test_figures_decode_codes_of_the_models_latent_map_shape(tmp_path) -> None:
+    from genvae.viz import latent_shape, save_manifold, save_traversal
+
+    model = _MapModel()
+    assert latent_shape(model) == (2, 1, 1)
+    save_manifold(model, tmp_path / "manifold.png", n=3, limit=1.0)
+    z = model.codes[-1]
+    assert z.shape == (9, 2, 1, 1)
+    torch.testing.assert_close(z[:3, 0, 0, 0], torch.tensor([-1.0, 0.0, 1.0]))  # z₁ along a row
+    torch.testing.assert_close(z[::3, 1, 0, 0], torch.tensor([1.0, 0.0, -1.0]))  # z₂ down the rows
+    save_traversal(model, tmp_path / "traversal.png", values=torch.tensor([-2.0, 2.0]))
+    first, second = model.codes[-2:]  # one row per element of the map
+    assert first.shape == second.shape == (2, 2, 1, 1)
+    torch.testing.assert_close(first[:, 0, 0, 0], torch.tensor([-2.0, 2.0]))
+    torch.testing.assert_close(first[:, 1], torch.zeros(2, 1, 1))
+    torch.testing.assert_close(second[:, 1, 0, 0], torch.tensor([-2.0, 2.0]))

@@ -24,6 +24,7 @@ from .protocols import LatentVariableModel  # noqa: E402
 
 __all__ = [
     "embed_latents",
+    "latent_shape",
     "save_grid",
     "save_image_rows",
     "save_latent_scatter",
@@ -125,6 +126,19 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def latent_shape(model: LatentVariableModel) -> tuple[int, ...]:
+    """The event shape of the codes ``model.decode`` takes: the model's ``latent_shape`` where it
+    has one (a latent map's ``(C, H, W)``), else ``(latent_dim,)``.
+
+    Raises:
+        ValueError: the model declares neither.
+    """
+    shape = getattr(model, "latent_shape", None) or ((model.latent_dim,) if model.latent_dim is not None else None)
+    if shape is None:
+        raise ValueError(f"expected a model that declares latent_dim or latent_shape, got {type(model).__name__}")
+    return tuple(shape)
+
+
 @torch.no_grad()
 def save_traversal(
     model: LatentVariableModel,
@@ -135,7 +149,8 @@ def save_traversal(
     base: Tensor | None = None,
     y: Tensor | None = None,
 ) -> Path:
-    """One row per latent dim: decode ``base`` (default 0) with that dim swept over ``values``.
+    """One row per latent dim: decode ``base`` (default 0) with that dim swept over ``values``; the
+    dims of a latent map ``(C, H, W)`` are its elements in order.
 
     Args:
         model: a VAE or CVAE.
@@ -144,17 +159,18 @@ def save_traversal(
         base: the code ``(D,)`` the sweep starts from.
         y: one label (0-d tensor) for a conditional model.
     """
-    d = model.latent_dim
+    shape = latent_shape(model)
+    d = math.prod(shape)
     device = _device(model)
     values = (values if values is not None else torch.linspace(-3, 3, 11)).to(device)
     dims = list(range(d)) if dims is None else list(dims)
-    base = torch.zeros(d, device=device) if base is None else base.to(device)
+    base = torch.zeros(shape, device=device) if base is None else base.to(device)
     rows = []
     for i in dims:
-        z = base.expand(len(values), d).clone()  # (V, D)
+        z = base.reshape(1, d).expand(len(values), d).clone()  # (V, D), a map's elements in order
         z[:, i] = values
         yy = None if y is None else y.to(device).reshape(1).expand(len(values))
-        rows.append(model.decode(z, yy).mean.cpu())
+        rows.append(model.decode(z.unflatten(1, shape), yy).mean.cpu())  # z (V, *event)
     return save_image_rows(rows, [f"z[{i}]" for i in dims], path, title="latent traversal")
 
 
@@ -167,9 +183,10 @@ def save_manifold(
     z = 2: an ``n×n`` grid over [-limit, limit]²; columns go from z₁ = −limit (left) to +limit
     (right), rows from z₂ = +limit (top) to −limit (bottom). z = 1: ``n`` values in one row.
     """
-    d = model.latent_dim
+    shape = latent_shape(model)
+    d = math.prod(shape)
     if d not in (1, 2):
-        raise ValueError(f"expected a model with latent_dim 1 or 2 for a manifold, got latent_dim={d}")
+        raise ValueError(f"expected a model with latent_dim 1 or 2 for a manifold, got a latent of shape {shape}")
     device = _device(model)
     t = torch.linspace(-limit, limit, n, device=device)
     if d == 1:
@@ -178,7 +195,7 @@ def save_manifold(
         z2, z1 = torch.meshgrid(t.flip(0), t, indexing="ij")  # rows: z2 from +limit down
         z = torch.stack([z1, z2], -1).reshape(-1, 2)  # (n·n, 2), row-major
     yy = None if y is None else y.to(device).reshape(1).expand(len(z))
-    images = model.decode(z, yy).mean.clamp(0, 1).cpu()  # (n·n, C, H, W)
+    images = model.decode(z.unflatten(1, shape), yy).mean.clamp(0, 1).cpu()  # (n·n, C, H, W)
     grid = _grid_image(images, n)
     h, w = images.shape[-2] + 1, images.shape[-1] + 1
     rows = 1 if d == 1 else n
@@ -216,7 +233,7 @@ def embed_latents(
     means, labels = [], []
     for x, y in _batches(subset, 1000):
         yy = y.to(device) if model.num_classes is not None else None
-        means.append(model.encode(x.to(device), yy).mean.cpu())
+        means.append(model.encode(x.to(device), yy).mean.flatten(1).cpu())  # (B, D): a map's elements in order
         labels.append(y.cpu())
     z = torch.cat(means).double().numpy()
     lab = torch.cat(labels).numpy()
@@ -260,7 +277,7 @@ def save_latent_scatter(
         pts = xy[labels == c]
         ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.6, color=plt.cm.tab10(int(c) % 10), label=str(c))
     ax.legend(markerscale=4, fontsize=7, loc="best", ncol=2)
-    d = model.latent_dim
+    d = math.prod(latent_shape(model))
     ax.set_xlabel("z₁" if d and d <= 2 else "embedding 1")
     ax.set_ylabel("z₂" if d == 2 else ("jitter" if d == 1 else "embedding 2"))
     if title:
