@@ -412,3 +412,23 @@ def test_a_version_1_hierarchy_of_malformed_parts_is_refused_at_the_model(
     message = one_line_refusal(with_description(path, spec))
     assert "model in" in message and "expected arguments that a version-1 HierarchicalVAE accepts" in message
     assert "expected down to be a list of parts" in message
+
+
+class Refuses(nn.Module):
+    """A part whose constructor refuses its argument with a message of several lines, as some of torch's do."""
+
+    def __init__(self, lines: int) -> None:
+        super().__init__()
+        raise ValueError("\n".join(f"line {i}" for i in range(lines)))
+
+
+def test_a_constructors_message_of_several_lines_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    part = {"class": f"{Refuses.__module__}.Refuses", "args": {"lines": 3}}
+    save_file(
+        {"w": torch.zeros(1)},
+        str(path),
+        metadata={FORMAT_KEY: json.dumps({"format": FORMAT_KEY, "version": 2, "model": part})},
+    )
+    message = one_line_refusal(path, trusted=(f"{Refuses.__module__}.",))
+    assert "expected arguments that" in message and "line 0 line 1 line 2" in message

@@ -46,11 +46,13 @@ Version 1 (genvae 0.2) named every part by module path, ``{"class": "genvae.prio
 ...}``; such files still load, through the same checks. A genvae name ``M.X`` (``M`` one of
 ``PART_MODULES``) is the class of qualified name ``X`` defined in ``M`` or in a module under it
 (``genvae.hierarchy.GaussianHead`` is found in ``genvae.hierarchy`` or ``genvae.hierarchy.<sub>``),
-found among the modules imported already. A version-1 ``HierarchicalVAE``, whose arguments were
-``encoder``, ``down``, ``priors``, ``decoder``, ``likelihood`` and ``prior``, is built as those
-parts, its weights are read into them under their version-1 names (``down_blocks.0...``,
-``prior_blocks.0...``), and the model is then made of them by ``genvae.hierarchy.from_ladder``
-(where genvae has one; else by the constructor, as version 1 did).
+found among the modules imported already (those of ``PART_MODULES`` in ``M``'s package are imported
+first, whatever the file names). A version-1 ``HierarchicalVAE`` as the file's model, whose
+arguments were ``encoder``, ``down``, ``priors``, ``decoder``, ``likelihood`` and ``prior``, is
+built as those parts, its weights are read into them under their version-1 names
+(``down_blocks.0...``, ``prior_blocks.0...``), and the model is then made of them by
+``genvae.hierarchy.from_ladder`` (where genvae has one; else by the constructor, as version 1
+did), which must keep the file's weights: a model with a tensor the file does not hold is refused.
 """
 
 from __future__ import annotations
@@ -242,6 +244,11 @@ _JOINS: frozenset[Callable[..., Any]] = frozenset(
 
 _show = reprlib.Repr()
 _show.maxstring = _show.maxother = 80
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its line breaks made spaces: a message that quotes an error of torch's stays one line."""
+    return " ".join(text.splitlines())
 
 
 def _qualname(cls: type) -> str:
@@ -524,7 +531,7 @@ class _Rebuild:
         self.finish: Callable[[], nn.Module] | None = None
 
     def error(self, where: str, expected: str, got: str) -> ValueError:
-        return ValueError(f"{where} in {self.file!r}: expected {expected}, got {got}")
+        return ValueError(_one_line(f"{where} in {self.file!r}: expected {expected}, got {got}"))
 
     def model(self, spec: Any) -> nn.Module:
         """The model that ``spec`` (the description's ``"model"``) describes."""
@@ -1070,7 +1077,7 @@ def _load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], aliases: d
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"the weights in {file!r} do not match their description: {err}") from None
+        raise ValueError(_one_line(f"the weights in {file!r} do not match their description: {err}")) from None
 
 
 def _kept_weights(model: nn.Module, parts: nn.Module, file: str) -> nn.Module:
