@@ -219,6 +219,20 @@ def _part_options(t: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{_flag(key)}", dest=key, metavar="VALUE", help=f"same as --{kind}-{_flag(name)}")
 
 
+def parts_table() -> str:
+    """The registered parts of the kinds the command line chooses, with their options and needs, as
+    a Markdown table (the one in docs/cli.md, which a test keeps equal to this)."""
+    rows = ["| kind | name | options (default) | needs |", "| --- | --- | --- | --- |"]
+    for kind in _OPTION_KINDS:
+        for part in registry.entries(kind):
+            options = ", ".join(
+                f"`{_flag(o.name)}`" + ("" if o.required else f" ({_shown(o.default)})") for o in part.options if o.textual
+            )
+            needs = ", ".join(f"{key} {' or '.join(map(str, allowed))}" for key, allowed in part.requires.items())
+            rows.append(f"| {kind} | `{part.name}` | {options or '—'} | {needs or '—'} |")
+    return "\n".join(rows) + "\n"
+
+
 def _flag(name: str) -> str:
     return name.rstrip("_").replace("_", "-")
 

@@ -269,11 +269,25 @@ def _parameters(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
 
 
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The builder's type hints, resolved one by one: a hint that names what its module imports only
+    for type checkers (a fact's type, usually) stays unresolved and is left out."""
     target = fn.__init__ if isinstance(fn, type) else fn  # type: ignore[misc]
     try:
         return typing.get_type_hints(target)
-    except (NameError, TypeError):  # a hint naming what its module imports only for type checkers
-        return {}
+    except (NameError, TypeError):
+        pass
+    hints = {}
+    namespace = getattr(inspect.unwrap(target), "__globals__", {})
+    for name, param in inspect.signature(target).parameters.items():
+        hint = param.annotation
+        if isinstance(hint, str):  # the builder's own annotation, from the source of its module
+            try:
+                hint = eval(hint, dict(namespace))  # noqa: S307
+            except Exception:  # noqa: BLE001 - an unresolvable hint is left out
+                continue
+        if hint is not inspect.Parameter.empty:
+            hints[name] = hint
+    return hints
 
 
 _ARG_LINE = re.compile(r"^(\w+)(?: \([^)]*\))?:\s*(.*)$")
@@ -459,14 +473,18 @@ def check(chosen: Sequence[Entry], run: Mapping[str, Any]) -> None:
         ValueError: the first requirement not met, naming the part, what it needs and what came.
     """
     known = dict(run)
+    source = {}
     for part in chosen:
         for key, value in part.provides.items():
-            known.setdefault(key, value)
+            if key not in known:
+                known[key], source[key] = value, f" from {part.kind} {part.name!r}"
     for part in chosen:
         for key, allowed in part.requires.items():
             if key in known and known[key] not in allowed:
                 wanted = " or ".join(repr(a) for a in allowed)
-                raise ValueError(f"{part.kind} {part.name!r} needs {key} {wanted}, got {known[key]!r}")
+                raise ValueError(
+                    f"{part.kind} {part.name!r} needs {key} {wanted}, got {known[key]!r}{source.get(key, '')}"
+                )
 
 
 def iter_registered() -> Iterator[Entry]:
