@@ -230,3 +230,16 @@ def test_bf16_matrix_units_are_the_cpus_native_bf16_or_a_gpus_compute_capability
     assert bf16_matrix_units("cpu") is native_bf16("cpu")
     assert bf16_matrix_units(gpu((8, 0))) and not bf16_matrix_units(gpu((7, 5)))
     assert not native_bf16(gpu((9, 0)))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"compile": "auto"}, {"compile": ""}, {"amp": 1}, {"whole_step": None}, {"device": "mps"}, {"reason": 3}],
+)
+def test_an_engine_refuses_what_no_choice_gives(changes):
+    """A recorded engine read back from a checkpoint is built as any other, and checked so."""
+    fields = dict(
+        compile=False, amp=False, cuda_graph=False, whole_step=False, channels_last=False, reason="", device="cpu"
+    )
+    with pytest.raises(ValueError, match=f"expected an Engine .*got .*{next(iter(changes))}="):
+        Engine(**{**fields, **changes})

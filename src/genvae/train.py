@@ -234,11 +234,11 @@ def fit(
         if folder is not None and rank == 0:
             _check_describable(model)
             stack.enter_context(runfolder.lock(folder))  # before anything is read from or written to the folder
+        engine = {"compile": compile, "amp": amp, "cuda_graph": cuda_graph}  # "auto" or as given
         run = _prepare(
             model, train, folder, rank, world, epochs=epochs, objective=objective, batch_size=batch_size, lr=lr,
-            grad_clip=grad_clip, device=device, seed=seed, engine={"compile": compile, "amp": amp,
-            "cuda_graph": cuda_graph}, resume=resume, optimizer=optimizer, scheduler=scheduler,
-            num_workers=num_workers,
+            grad_clip=grad_clip, device=device, seed=seed, engine=engine, resume=resume, optimizer=optimizer,
+            scheduler=scheduler, num_workers=num_workers,
         )  # fmt: skip
         _check_data(model, train, run.dev)
         if folder is not None and rank == 0:  # every check has passed: the first writes to the folder
@@ -345,7 +345,7 @@ def _prepare(
     state = _read_checkpoint(folder, dev) if folder is not None and resume and committed is not None else None
     chosen = choose_engine(
         model, dev, epochs * len(loader), **engine, default_optimizer=optimizer is None, processes=world,
-        recorded=_recorded_engine(state, folder),
+        recorded=_recorded_engine(state, folder) if folder is not None and state is not None else None,
     )  # fmt: skip
     if rank == 0:
         log.info("engine: %s (%s)", chosen.describe(), chosen.reason)
@@ -398,17 +398,18 @@ def _committed_epoch(folder: Path | None, resume: bool) -> int | None:
     return committed
 
 
-def _recorded_engine(state: dict | None, folder: Path | None) -> Engine | None:
-    """The engine a resumed run started with, as its checkpoint records it (None without one)."""
-    record = state.get("engine") if state is not None else None
+def _recorded_engine(state: dict, folder: Path) -> Engine | None:
+    """The engine a resumed run started with, as its checkpoint records it (None in a checkpoint
+    written before genvae recorded it)."""
+    record = state.get("engine")
     if record is None:
         return None
     try:
         return Engine(**record)
-    except TypeError:
+    except (TypeError, ValueError) as err:
         raise ValueError(
-            f"expected the engine recorded in {str(Path(str(folder)) / CHECKPOINT_FILE)!r} to hold the fields of an "
-            f"Engine, got {record!r}"
+            f"expected the engine recorded in {str(folder / CHECKPOINT_FILE)!r} to hold the fields of an Engine: "
+            f"{str(err).splitlines()[0]}"
         ) from None
 
 

@@ -81,6 +81,19 @@ class Engine:
     reason: str
     device: str
 
+    def __post_init__(self) -> None:
+        flags = {name: getattr(self, name) for name in ("amp", "cuda_graph", "whole_step", "channels_last")}
+        wrong = [f"{name}={value!r}" for name, value in flags.items() if not isinstance(value, bool)]
+        if not (isinstance(self.compile, bool) or (isinstance(self.compile, str) and self.compile not in ("", AUTO))):
+            wrong.append(f"compile={self.compile!r}")
+        if not isinstance(self.reason, str) or self.device not in ("cpu", "cuda"):
+            wrong.append(f"reason={self.reason!r}, device={self.device!r}")
+        if wrong:
+            raise ValueError(
+                "expected an Engine of bools, compile a bool or a torch.compile mode, a reason and device 'cpu' or "
+                f"'cuda', got {', '.join(wrong)}"
+            )
+
     def describe(self) -> str:
         """A short name of the engine, e.g. ``"whole step compiled, bf16 autocast"``."""
         parts = []
