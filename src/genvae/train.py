@@ -354,15 +354,16 @@ def _prepare(
     opt = _optimizer(model, chosen, lr, dev, optimizer)
     sched = scheduler(opt) if scheduler is not None else None
     count = torch.zeros((), dtype=torch.int64, device=dev)
-    history, start = [], 0
+    history: list[EpochStats] = []
+    start = 0
     if state is not None:
         history, start = _restore(state, folder, model, opt, sched, loader, count, rank)
-    objective = in_steps(objective if objective is not None else ELBO(), len(loader))
+    counted: Objective = in_steps(objective if objective is not None else ELBO(), len(loader))
     net = model if world == 1 else nn.parallel.DistributedDataParallel(model, device_ids=_ddp_ids(dev))
     running = torch.zeros((), device=dev)
-    step = make_step(net, objective, opt, chosen, step=count, running=running, grad_clip=grad_clip)
+    step = make_step(net, counted, opt, chosen, step=count, running=running, grad_clip=grad_clip)
     return _Run(
-        model, objective, chosen, step, loader, opt, sched, count, running, dev, rank, world, folder, history, start
+        model, counted, chosen, step, loader, opt, sched, count, running, dev, rank, world, folder, history, start
     )
 
 

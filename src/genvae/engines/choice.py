@@ -151,7 +151,7 @@ def choose_engine(
     _check("amp", amp, modes=False)
     _check("cuda_graph", cuda_graph, modes=False)
     dev = torch.device(device)
-    notes = []
+    notes: list[str] = []
     if recorded is not None and recorded.device == dev.type:
         compile, amp, cuda_graph = _repeat(recorded, notes, compile=compile, amp=amp, cuda_graph=cuda_graph)
     if cuda_graph is True and (dev.type != "cuda" or processes > 1):

@@ -48,7 +48,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from ..objectives import Objective
-from ..protocols import LatentVariableModel
+from ..terms import Terms
 from .eager import Batch, Step, clip_scale, objective_loss
 
 __all__ = ["CompiledAdamStep", "compiles_whole", "convolutional", "shares_parameters"]
@@ -73,7 +73,8 @@ class CompiledAdamStep:
     Args:
         step: the eager step ``step(batch)`` ([`train_step`][genvae.engines.eager.train_step] on
             the same optimizer, step counter and running loss), for other batch shapes.
-        model: a model (``LatentVariableModel``) whose parameters ``opt`` holds.
+        model: the model (a [`LatentVariableModel`][genvae.protocols.LatentVariableModel] module) whose
+            parameters ``opt`` holds.
         objective: the objective whose loss is minimised.
         opt: a ``torch.optim.Adam`` with one parameter group, ``amsgrad=False`` and
             ``decoupled_weight_decay=False``.
@@ -87,7 +88,7 @@ class CompiledAdamStep:
     def __init__(
         self,
         step: Step,
-        model: LatentVariableModel,
+        model: torch.nn.Module,
         objective: Objective,
         opt: torch.optim.Adam,
         count: Tensor,
@@ -136,7 +137,7 @@ class CompiledAdamStep:
     def _loss(self, params: list[Tensor], buffers: list[Tensor], count: Tensor, x: Tensor, y: Tensor | None) -> Tensor:
         tensors = dict(zip(self.names, params)) | dict(zip(self.buffer_names, buffers))
 
-        def model(x: Tensor, y: Tensor | None, *, k: int) -> object:
+        def model(x: Tensor, y: Tensor | None, *, k: int) -> Terms:
             return functional_call(self.model, tensors, (x, y), {"k": k})
 
         return objective_loss(model, self.objective, x, y, count, amp=self.amp)
