@@ -64,6 +64,13 @@ def _with_label_planes(x: Tensor, y: Tensor | None, num_classes: int | None) -> 
     return torch.cat([x, planes], dim=1)
 
 
+def _with_label(h: Tensor, y: Tensor | None, num_classes: int | None) -> Tensor:
+    """``h (*S, B, F)`` with the one-hot label of ``y (B,)`` appended, ``(*S, B, F + K)``; ``h``
+    itself when unconditional."""
+    onehot = _one_hot(y, num_classes, h)
+    return h if onehot is None else torch.cat([h, onehot], dim=-1)
+
+
 def _mlp(sizes: Sequence[int], activation: type[nn.Module]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -71,6 +78,20 @@ def _mlp(sizes: Sequence[int], activation: type[nn.Module]) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(activation())
     return nn.Sequential(*layers)
+
+
+def _mlp_arguments(
+    data_shape: object, latent_dim: object, hidden: int | Sequence[int], num_classes: object, activation: object
+) -> tuple[tuple[int, ...], int, tuple[int, ...], int | None, type[nn.Module]]:
+    """An MLP net's arguments, checked, in this order; the net keeps each as the attribute of its
+    name, from which a saved model rebuilds it."""
+    return (
+        shape_tuple("data_shape", data_shape),
+        positive_int("latent_dim", latent_dim),
+        _hidden(hidden),
+        optional_num_classes(num_classes),
+        _activation(activation),
+    )
 
 
 def _gaussian(stats: Tensor) -> Distribution:
@@ -104,21 +125,16 @@ class MLPEncoder(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
-        self.data_shape = shape_tuple("data_shape", data_shape)
-        self.latent_dim = positive_int("latent_dim", latent_dim)
-        self.hidden = _hidden(hidden)
-        self.num_classes = optional_num_classes(num_classes)
-        self.activation = _activation(activation)
+        self.data_shape, self.latent_dim, self.hidden, self.num_classes, self.activation = _mlp_arguments(
+            data_shape, latent_dim, hidden, num_classes, activation
+        )
         n_in = int(torch.tensor(self.data_shape).prod()) + (self.num_classes or 0)
         self.net = _mlp((n_in, *self.hidden, 2 * self.latent_dim), self.activation)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Distribution:
         """``x (B, *data_shape)``, ``y (B,)`` → q(z | x[, y]), batch ``(B,)``, event ``(D,)``."""
         h = x.flatten(start_dim=x.dim() - len(self.data_shape))  # (B, C·H·W)
-        onehot = _one_hot(y, self.num_classes, h)
-        if onehot is not None:
-            h = torch.cat([h, onehot], dim=-1)  # (B, C·H·W + K)
-        return _gaussian(self.net(h))
+        return _gaussian(self.net(_with_label(h, y, self.num_classes)))  # reads (B, C·H·W + K)
 
 
 @register("decoder", "mlp")
@@ -143,20 +159,15 @@ class MLPDecoder(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
-        self.latent_dim = positive_int("latent_dim", latent_dim)
-        self.data_shape = shape_tuple("data_shape", data_shape)
-        self.hidden = _hidden(hidden)
-        self.num_classes = optional_num_classes(num_classes)
-        self.activation = _activation(activation)
+        self.data_shape, self.latent_dim, self.hidden, self.num_classes, self.activation = _mlp_arguments(
+            data_shape, latent_dim, hidden, num_classes, activation
+        )
         n_out = int(torch.tensor(self.data_shape).prod())
         self.net = _mlp((self.latent_dim + (self.num_classes or 0), *self.hidden, n_out), self.activation)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """``z (*S, B, D)``, ``y (B,)`` → ``(*S, B, *data_shape)``."""
-        onehot = _one_hot(y, self.num_classes, z)
-        if onehot is not None:
-            z = torch.cat([z, onehot], dim=-1)  # (*S, B, D + K)
-        return self.net(z).unflatten(-1, self.data_shape)
+        return self.net(_with_label(z, y, self.num_classes)).unflatten(-1, self.data_shape)  # reads (*S, B, D + K)
 
 
 def _halvings(size: int, n: int) -> list[int]:
@@ -165,6 +176,63 @@ def _halvings(size: int, n: int) -> list[int]:
     for _ in range(n):
         sizes.append((sizes[-1] - 1) // 2 + 1)
     return sizes
+
+
+def _image_shape(value: object, owner: str) -> tuple[int, ...]:
+    shape = shape_tuple("data_shape", value)
+    if len(shape) != 3:
+        raise ValueError(f"expected data_shape (C, H, W) for {owner}, got {shape}")
+    return shape
+
+
+def _conv_arguments(
+    owner: str, data_shape: object, latent_dim: object, channels: object, hidden: object, num_classes: object
+) -> tuple[tuple[int, ...], int, tuple[int, ...], int, int | None]:
+    """The arguments every conv net takes, checked, in this order (``owner`` names the net in an
+    error); the net keeps each as the attribute of its name, from which a saved model rebuilds it."""
+    return (
+        _image_shape(data_shape, owner),
+        positive_int("latent_dim", latent_dim),
+        shape_tuple("channels", channels),
+        positive_int("hidden", hidden),
+        optional_num_classes(num_classes),
+    )
+
+
+def _map_sizes(data_shape: tuple[int, ...], channels: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    """Heights and widths of ``(C, H, W)`` images after each stride-2 stage: ``[H, ⌈H/2⌉, …]``, ``[W, …]``."""
+    return _halvings(data_shape[1], len(channels)), _halvings(data_shape[2], len(channels))
+
+
+def _encoder_head(in_features: int, hidden: int, latent_dim: int) -> nn.Sequential:
+    """``(B, in_features)`` → a hidden layer and a ReLU → (μ, logvar), ``(B, 2D)``."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim))
+
+
+def _decoder_head(in_features: int, hidden: int, start: tuple[int, int, int]) -> list[nn.Module]:
+    """``(B, in_features)`` → a hidden layer and a ReLU → the first map ``start``, flattened."""
+    return [nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, start[0] * start[1] * start[2])]
+
+
+def _upsampling(
+    channels: tuple[int, ...], out_channels: int, hs: list[int], ws: list[int]
+) -> list[tuple[int, int, tuple[int, int]]]:
+    """``(c_in, c_out, output_padding)`` of each stride-2 3×3 transposed conv of a decoder that
+    mirrors an encoder of stage sizes ``hs``, ``ws``: ``channels`` in, the last to ``out_channels``;
+    each padding (0 or 1) makes the output exactly the size of the encoder's map one stage up."""
+    stages = []
+    for i, (c_in, c_out) in enumerate(zip(channels, (*channels[1:], out_channels))):
+        h_in, w_in = hs[-1 - i], ws[-1 - i]
+        h_t, w_t = hs[-2 - i], ws[-2 - i]
+        stages.append((c_in, c_out, (h_t - 2 * h_in + 1, w_t - 2 * w_in + 1)))
+    return stages
+
+
+def _decode_maps(z: Tensor, head: nn.Module, start: tuple[int, int, int], body: nn.Module) -> Tensor:
+    """``z (*S, B, F)`` → ``head`` → maps ``(S·B, *start)`` → ``body`` → ``(*S, B, C, H, W)``."""
+    lead = z.shape[:-1]
+    h = head(z.reshape(-1, z.shape[-1])).unflatten(-1, start)  # (S·B, c0, h0, w0)
+    return body(h).unflatten(0, lead)  # (*S, B, C, H, W)
 
 
 @register("encoder", "conv", requires={"image": True})
@@ -192,24 +260,17 @@ class ConvEncoder(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        self.data_shape = shape_tuple("data_shape", data_shape)
-        if len(self.data_shape) != 3:
-            raise ValueError(f"expected data_shape (C, H, W) for ConvEncoder, got {self.data_shape}")
-        self.latent_dim = positive_int("latent_dim", latent_dim)
-        self.channels = shape_tuple("channels", channels)
-        self.hidden = positive_int("hidden", hidden)
-        self.num_classes = optional_num_classes(num_classes)
-        c, h, w = self.data_shape
+        self.data_shape, self.latent_dim, self.channels, self.hidden, self.num_classes = _conv_arguments(
+            "ConvEncoder", data_shape, latent_dim, channels, hidden, num_classes
+        )
         convs: list[nn.Module] = []
-        c_in = c + (self.num_classes or 0)
+        c_in = self.data_shape[0] + (self.num_classes or 0)
         for c_out in self.channels:
             convs += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.ReLU()]
             c_in = c_out
         self.convs = nn.Sequential(*convs)
-        h_out, w_out = _halvings(h, len(self.channels))[-1], _halvings(w, len(self.channels))[-1]
-        self.head = nn.Sequential(
-            nn.Linear(c_in * h_out * w_out, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 2 * self.latent_dim)
-        )
+        hs, ws = _map_sizes(self.data_shape, self.channels)
+        self.head = _encoder_head(c_in * hs[-1] * ws[-1], self.hidden, self.latent_dim)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Distribution:
         """``x (B, C, H, W)``, ``y (B,)`` → q(z | x[, y]), batch ``(B,)``, event ``(D,)``."""
@@ -242,41 +303,24 @@ class ConvDecoder(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        self.latent_dim = positive_int("latent_dim", latent_dim)
-        self.data_shape = shape_tuple("data_shape", data_shape)
-        if len(self.data_shape) != 3:
-            raise ValueError(f"expected data_shape (C, H, W) for ConvDecoder, got {self.data_shape}")
-        self.channels = shape_tuple("channels", channels)
-        self.hidden = positive_int("hidden", hidden)
-        self.num_classes = optional_num_classes(num_classes)
-        c, h, w = self.data_shape
-        hs, ws = _halvings(h, len(self.channels)), _halvings(w, len(self.channels))
+        self.data_shape, self.latent_dim, self.channels, self.hidden, self.num_classes = _conv_arguments(
+            "ConvDecoder", data_shape, latent_dim, channels, hidden, num_classes
+        )
+        hs, ws = _map_sizes(self.data_shape, self.channels)
         self.start = (self.channels[0], hs[-1], ws[-1])
         self.head = nn.Sequential(
-            nn.Linear(self.latent_dim + (self.num_classes or 0), self.hidden),
-            nn.ReLU(),
-            nn.Linear(self.hidden, self.channels[0] * hs[-1] * ws[-1]),
-            nn.ReLU(),
+            *_decoder_head(self.latent_dim + (self.num_classes or 0), self.hidden, self.start), nn.ReLU()
         )
         layers: list[nn.Module] = []
-        outs = (*self.channels[1:], c)
-        for i, (c_in, c_out) in enumerate(zip(self.channels, outs)):
-            h_in, w_in = hs[-1 - i], ws[-1 - i]
-            h_t, w_t = hs[-2 - i], ws[-2 - i]
-            pad = (h_t - 2 * h_in + 1, w_t - 2 * w_in + 1)  # 0 or 1: makes the output exactly h_t×w_t
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
-            if i < len(self.channels) - 1:
+        for i, (c_in, c_out, pad) in enumerate(_upsampling(self.channels, self.data_shape[0], hs, ws)):
+            if i > 0:
                 layers.append(nn.ReLU())
+            layers.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
         self.deconvs = nn.Sequential(*layers)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """``z (*S, B, D)``, ``y (B,)`` → ``(*S, B, C, H, W)``."""
-        onehot = _one_hot(y, self.num_classes, z)
-        if onehot is not None:
-            z = torch.cat([z, onehot], dim=-1)  # (*S, B, D + K)
-        lead = z.shape[:-1]
-        h = self.head(z.reshape(-1, z.shape[-1])).unflatten(-1, self.start)  # (S·B, c0, h0, w0)
-        return self.deconvs(h).unflatten(0, lead)  # (*S, B, C, H, W)
+        return _decode_maps(_with_label(z, y, self.num_classes), self.head, self.start, self.deconvs)
 
 
 # --------------------------------------------------------------------------- residual conv nets
@@ -286,13 +330,6 @@ def _flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"expected {name} to be a bool, got {type(value).__name__} {value!r}")
     return value
-
-
-def _image_shape(value: object, owner: str) -> tuple[int, ...]:
-    shape = shape_tuple("data_shape", value)
-    if len(shape) != 3:
-        raise ValueError(f"expected data_shape (C, H, W) for {owner}, got {shape}")
-    return shape
 
 
 @register("block", "gated-conv2d")
@@ -414,21 +451,17 @@ class ResNetEncoder(nn.Module):
         gated: bool = False,
     ) -> None:
         super().__init__()
-        self.data_shape = _image_shape(data_shape, "ResNetEncoder")
-        self.latent_dim = positive_int("latent_dim", latent_dim)
-        self.channels = shape_tuple("channels", channels)
-        self.blocks = positive_int("blocks", blocks)
-        self.hidden = positive_int("hidden", hidden)
-        self.num_classes = optional_num_classes(num_classes)
-        self.gated = _flag("gated", gated)
-        c, h, w = self.data_shape
-        self.trunk = residual_trunk(c + (self.num_classes or 0), self.channels, self.blocks, gated=self.gated)
-        h_out, w_out = _halvings(h, len(self.channels))[-1], _halvings(w, len(self.channels))[-1]
-        # F, the width of features(): channels[-1] · h · w of the last stage
-        self.out_features = self.channels[-1] * h_out * w_out
-        self.head = nn.Sequential(
-            nn.Linear(self.out_features, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 2 * self.latent_dim)
+        self.data_shape, self.latent_dim, self.channels, self.hidden, self.num_classes = _conv_arguments(
+            "ResNetEncoder", data_shape, latent_dim, channels, hidden, num_classes
         )
+        self.blocks = positive_int("blocks", blocks)
+        self.gated = _flag("gated", gated)
+        c_in = self.data_shape[0] + (self.num_classes or 0)
+        self.trunk = residual_trunk(c_in, self.channels, self.blocks, gated=self.gated)
+        hs, ws = _map_sizes(self.data_shape, self.channels)
+        # F, the width of features(): channels[-1] · h · w of the last stage
+        self.out_features = self.channels[-1] * hs[-1] * ws[-1]
+        self.head = _encoder_head(self.out_features, self.hidden, self.latent_dim)
 
     def features(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The deterministic trunk: ``x (B, C, H, W)``, ``y (B,)`` → ``(B, out_features)``, after a ReLU."""
@@ -478,36 +511,20 @@ class ResNetDecoder(nn.Module):
         gated: bool = False,
     ) -> None:
         super().__init__()
-        self.latent_dim = positive_int("latent_dim", latent_dim)
-        self.data_shape = _image_shape(data_shape, "ResNetDecoder")
-        self.channels = shape_tuple("channels", channels)
-        self.blocks = positive_int("blocks", blocks)
-        self.hidden = positive_int("hidden", hidden)
-        self.num_classes = optional_num_classes(num_classes)
-        self.gated = _flag("gated", gated)
-        c, h, w = self.data_shape
-        hs, ws = _halvings(h, len(self.channels)), _halvings(w, len(self.channels))
-        self.start = (self.channels[0], hs[-1], ws[-1])
-        self.head = nn.Sequential(
-            nn.Linear(self.latent_dim + (self.num_classes or 0), self.hidden),
-            nn.ReLU(),
-            nn.Linear(self.hidden, self.channels[0] * hs[-1] * ws[-1]),
+        self.data_shape, self.latent_dim, self.channels, self.hidden, self.num_classes = _conv_arguments(
+            "ResNetDecoder", data_shape, latent_dim, channels, hidden, num_classes
         )
+        self.blocks = positive_int("blocks", blocks)
+        self.gated = _flag("gated", gated)
+        hs, ws = _map_sizes(self.data_shape, self.channels)
+        self.start = (self.channels[0], hs[-1], ws[-1])
+        self.head = nn.Sequential(*_decoder_head(self.latent_dim + (self.num_classes or 0), self.hidden, self.start))
         layers: list[nn.Module] = []
-        outs = (*self.channels[1:], c)
-        for i, (c_in, c_out) in enumerate(zip(self.channels, outs)):
-            h_in, w_in = hs[-1 - i], ws[-1 - i]
-            h_t, w_t = hs[-2 - i], ws[-2 - i]
-            pad = (h_t - 2 * h_in + 1, w_t - 2 * w_in + 1)  # 0 or 1: makes the output exactly h_t×w_t
+        for c_in, c_out, pad in _upsampling(self.channels, self.data_shape[0], hs, ws):
             layers += [ResidualBlock(c_in, gated=self.gated) for _ in range(self.blocks)]
             layers += [nn.ReLU(), nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad)]
         self.trunk = nn.Sequential(*layers)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """``z (*S, B, D)``, ``y (B,)`` → ``(*S, B, C, H, W)``."""
-        onehot = _one_hot(y, self.num_classes, z)
-        if onehot is not None:
-            z = torch.cat([z, onehot], dim=-1)  # (*S, B, D + K)
-        lead = z.shape[:-1]
-        h = self.head(z.reshape(-1, z.shape[-1])).unflatten(-1, self.start)  # (S·B, c0, h0, w0)
-        return self.trunk(h).unflatten(0, lead)  # (*S, B, C, H, W)
+        return _decode_maps(_with_label(z, y, self.num_classes), self.head, self.start, self.trunk)
