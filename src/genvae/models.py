@@ -15,12 +15,13 @@ by a user's own model): [`attach_parts`][genvae.models.attach_parts] and
 [`check_input`][genvae.models.check_input] for setup and input checks,
 [`chunked_log_likelihood`][genvae.models.chunked_log_likelihood] for a large k in bounded memory,
 [`elbo`][genvae.models.elbo], [`interpolate`][genvae.models.interpolate],
-[`draw_prior`][genvae.models.draw_prior] and [`sample_with`][genvae.models.sample_with].
+[`sample`][genvae.models.sample], [`draw_prior`][genvae.models.draw_prior] and
+[`sample_with`][genvae.models.sample_with].
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 import torch
@@ -46,6 +47,7 @@ __all__ = [
     "elbo",
     "fit_likelihood",
     "interpolate",
+    "sample",
     "sample_with",
     "value_checks",
 ]
@@ -267,6 +269,36 @@ def draw_prior(
 
 
 @torch.no_grad()
+def sample(
+    model: nn.Module,
+    n: int,
+    y: Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    mean: bool = True,
+    decode: Callable[[Tensor, Tensor | None], Distribution] | None = None,
+) -> Tensor:
+    """Draw ``n`` examples: z ~ p(z[|y]) ([`draw_prior`][genvae.models.draw_prior]), then the mean
+    of p(x | z[, y]) (or a draw, ``mean=False``).
+
+    Args:
+        model: has ``prior``, and ``decode`` unless ``decode`` is given.
+        n: number of examples.
+        y: labels ``(n,)`` for a conditional model.
+        generator: a ``torch.Generator`` on the model's device for reproducible draws.
+        mean: the mean of p(x | z[, y]); ``False``: a draw from it.
+        decode: ``(z (n, *event), y)`` → p(x | z[, y]); by default ``model.decode``. A hierarchical
+            model passes one that draws its lower layers from ``generator`` on the way down.
+
+    Returns:
+        ``(n, *data_shape)``.
+    """
+    z, y = draw_prior(model, n, y, generator)  # (n, *event)
+    px = (model.decode if decode is None else decode)(z, y)
+    return px.mean if mean else sample_with(px, (), generator)
+
+
+@torch.no_grad()
 def interpolate(model: LatentVariableModel, x0: Tensor, x1: Tensor, steps: int = 10, y: Tensor | None = None) -> Tensor:
     """Decode ``steps`` points on the line between the posterior means of two examples.
 
@@ -372,23 +404,12 @@ class VAE(nn.Module):
         return self.terms(x, y, k=k)
 
     # ------------------------------------------------------------------ generation
-    @torch.no_grad()
     def sample(
         self, n: int, y: Tensor | None = None, *, generator: torch.Generator | None = None, mean: bool = True
     ) -> Tensor:
-        """Draw ``n`` images: z ~ p(z[|y]), then the mean of p(x | z) (or a draw, ``mean=False``).
-
-        Args:
-            n: number of images.
-            y: labels ``(n,)`` for a conditional model.
-            generator: a ``torch.Generator`` on the model's device for reproducible draws.
-
-        Returns:
-            ``(n, *data_shape)``.
-        """
-        z, y = draw_prior(self, n, y, generator)  # (n, D)
-        px = self.decode(z, y)
-        return px.mean if mean else sample_with(px, (), generator)
+        """``(n, *data_shape)``: z ~ p(z[|y]), then the mean of p(x | z) (or a draw, ``mean=False``);
+        labels ``y (n,)`` for a conditional model (see [`genvae.models.sample`][genvae.models.sample])."""
+        return sample(self, n, y, generator=generator, mean=mean)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:

@@ -21,9 +21,9 @@ from ..models import (
     check_input,
     chunk_size,
     chunked_log_likelihood,
-    draw_prior,
     elbo,
     interpolate,
+    sample,
     sample_with,
     value_checks,
 )
@@ -436,24 +436,17 @@ class HierarchicalVAE(nn.Module):
         return self.likelihood(self.decoder(self._descend(z, None, mean=True), y))
 
     # ------------------------------------------------------------------ generation
-    @torch.no_grad()
     def sample(
         self, n: int, y: Tensor | None = None, *, generator: torch.Generator | None = None, mean: bool = True
     ) -> Tensor:
-        """Draw ``n`` examples ancestrally: z_L ~ p(z_L[|y]), z_l ~ p(z_l | z_{l+1}) down to z_1, then
-        the mean of p(x | z_1) (or a draw, ``mean=False``).
+        """``(n, *data_shape)`` drawn ancestrally: z_L ~ p(z_L[|y]), z_l ~ p(z_l | z_{l+1}) down to z_1,
+        then the mean of p(x | z_1) (or a draw, ``mean=False``); labels ``y (n,)`` for a conditional
+        model (see [`genvae.models.sample`][genvae.models.sample])."""
 
-        Args:
-            n: number of examples.
-            y: labels ``(n,)`` for a conditional model.
-            generator: a ``torch.Generator`` on the model's device for reproducible draws.
+        def descend(z: Tensor, y: Tensor | None) -> Distribution:  # z_L (n, *event_L) → p(x | z_1)
+            return self.likelihood(self.decoder(self._descend(z, generator, mean=False), y))
 
-        Returns:
-            ``(n, *data_shape)``.
-        """
-        z, y = draw_prior(self, n, y, generator)  # (n, *event_L)
-        px = self.likelihood(self.decoder(self._descend(z, generator, mean=False), y))
-        return px.mean if mean else sample_with(px, (), generator)
+        return sample(self, n, y, generator=generator, mean=mean, decode=descend)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
