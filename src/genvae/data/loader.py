@@ -41,6 +41,22 @@ def _order_arguments(
     return batch_size, world_size, per_rank, generator
 
 
+def _num_batches(num_samples: int, batch_size: int, drop_last: bool) -> int:
+    """Batches in an epoch of ``num_samples`` examples; the last one is partial unless ``drop_last``."""
+    return num_samples // batch_size if drop_last else -(-num_samples // batch_size)
+
+
+def _shard(
+    size: int, num_samples: int, shuffle: bool, generator: torch.Generator, rank: int, world_size: int
+) -> Tensor:
+    """This rank's indices into a data set of ``size`` for one epoch, ``(num_samples,)`` int64:
+    ``perm[rank::world_size]`` of one ``torch.randperm(size)`` drawn from ``generator`` (on its
+    device) when shuffling, else ``range(rank, size, world_size)``; cut to ``num_samples``."""
+    if shuffle:
+        return torch.randperm(size, generator=generator, device=generator.device)[rank::world_size][:num_samples]
+    return torch.arange(rank, size, world_size)[:num_samples]
+
+
 class BatchLoader:
     """Shuffled mini-batches from a data set held as one floating tensor on ``device``.
 
@@ -94,18 +110,13 @@ class BatchLoader:
         self.y = dataset.labels.to(self.device) if dataset.labels is not None else None  # (N,) int64
 
     def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
-        g, n, r, w = self.generator, self.num_samples, self.rank, self.world_size
-        if self.shuffle:
-            perm = torch.randperm(len(self.x), generator=g, device=g.device)
-            idx: Tensor | None = perm[r::w][:n].to(self.device)
-        elif w > 1:
-            idx = torch.arange(r, len(self.x), w, device=self.device)[:n]
-        else:
-            idx = None
+        g, n = self.generator, self.num_samples
+        idx = None  # unshuffled on one rank: batches are slices
+        if self.shuffle or self.world_size > 1:
+            idx = _shard(len(self.x), n, self.shuffle, g, self.rank, self.world_size).to(self.device)
         y = self.y
         if y is not None:
             y = y.index_select(0, idx) if idx is not None else y[:n]  # one gather per epoch
@@ -159,13 +170,9 @@ class StreamingLoader:
         num_workers: int | None = None,
     ) -> None:
         self.dataset = dataset
+        size = len(dataset)  # type: ignore[arg-type]
         self.batch_size, self.world_size, self.num_samples, self.generator = _order_arguments(
-            len(dataset),
-            batch_size,
-            rank,
-            world_size,
-            drop_last,
-            generator,  # type: ignore[arg-type]
+            size, batch_size, rank, world_size, drop_last, generator
         )
         self.rank, self.shuffle, self.drop_last = rank, bool(shuffle), bool(drop_last)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -173,15 +180,11 @@ class StreamingLoader:
         self.num_workers = default_workers() if num_workers is None else num_workers
 
     def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
-        n, r, w = self.num_samples, self.rank, self.world_size
-        if self.shuffle:
-            order = torch.randperm(len(self.dataset), generator=self.generator)[r::w][:n]  # type: ignore[arg-type]
-        else:
-            order = torch.arange(r, len(self.dataset), w)[:n]  # type: ignore[arg-type]
+        size = len(self.dataset)  # type: ignore[arg-type]
+        order = _shard(size, self.num_samples, self.shuffle, self.generator, self.rank, self.world_size)
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_size=self.batch_size,
