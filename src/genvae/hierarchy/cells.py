@@ -124,12 +124,23 @@ def _kl_on_draws(p: Distribution) -> Distribution:
 
 
 def _cell_parts(
-    up: nn.Module, posterior: nn.Module, prior_head: nn.Module | None, down: nn.Module | None
+    up: nn.Module,
+    posterior: nn.Module,
+    prior_head: nn.Module | None,
+    down: nn.Module | None,
+    *,
+    size: str,
+    projected: str,
 ) -> tuple[nn.Module, nn.Module, nn.Module | None, nn.Module | None]:
-    """The four parts of a cell, each callable (the prior head and the projection may be None)."""
+    """The four parts of a cell, each callable (the prior head and the projection may be None),
+    whose declared sizes agree: the prior head's ``size`` and the projection's ``projected`` are the
+    posterior's ``size`` (``latent_dim`` and ``in_features`` of a vector layer)."""
     for name, part in (("up", up), ("posterior", posterior), ("prior_head", prior_head), ("down", down)):
         if part is not None and not callable(part) or part is None and name in ("up", "posterior"):
             raise TypeError(f"expected {name} to be callable (an nn.Module), got {type(part).__name__}")
+    declared = _size(posterior, size)
+    _agree(f"prior_head.{size}", declared, _size(prior_head, size), f"posterior.{size}")
+    _agree(f"down.{projected}", declared, _size(down, projected), f"posterior.{size}")
     return up, posterior, prior_head, down
 
 
@@ -174,10 +185,9 @@ class GaussianCell(nn.Module):
         down: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.up, self.posterior, self.prior_head, self.down = _cell_parts(up, posterior, prior_head, down)
-        d = _size(posterior, "latent_dim")
-        _agree("prior_head.latent_dim", d, _size(prior_head, "latent_dim"), "posterior.latent_dim")
-        _agree("down.in_features", d, _size(down, "in_features"), "posterior.latent_dim")
+        self.up, self.posterior, self.prior_head, self.down = _cell_parts(
+            up, posterior, prior_head, down, size="latent_dim", projected="in_features"
+        )
 
     @property
     def latent_shape(self) -> tuple[int, ...] | None:
@@ -230,10 +240,9 @@ class SpatialCell(nn.Module):
         down: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.up, self.posterior, self.prior_head, self.down = _cell_parts(up, posterior, prior_head, down)
-        c = _size(posterior, "latent_channels")
-        _agree("prior_head.latent_channels", c, _size(prior_head, "latent_channels"), "posterior.latent_channels")
-        _agree("down.in_channels", c, _size(down, "in_channels"), "posterior.latent_channels")
+        self.up, self.posterior, self.prior_head, self.down = _cell_parts(
+            up, posterior, prior_head, down, size="latent_channels", projected="in_channels"
+        )
 
     @property
     def latent_shape(self) -> tuple[int, ...] | None:
