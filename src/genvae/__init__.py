@@ -13,6 +13,7 @@ objective::
     loss = IWAE(k=5)(model.terms(x, k=5)).loss     # or any objective on the model's terms
 """
 
+from . import _builtin  # noqa: F401 - genvae's parts register themselves on import
 from .io import load, save
 from .kl import kl_divergence
 from .models import CVAE, VAE

@@ -12,7 +12,9 @@ describes it in the docstring's ``Args:`` section. Requirements (``requires={"la
 what a part brings to a run (``provides={"conditional": True}``) are data that
 [`check`][genvae.registry.check] compares, so no central table says which part goes with which.
 
-Python use needs no registration: a name is needed only where text names a part.
+Python use needs no registration: a name is needed only where text names a part. ``import genvae``
+imports genvae's own part modules, so their entries are here before any is looked up; this module
+imports nothing of genvae's.
 """
 
 from __future__ import annotations
@@ -396,22 +398,15 @@ def _qualified(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
-def _ensure_builtin() -> None:
-    """Import genvae's own part modules, whose decorators fill the registry."""
-    from . import _builtin  # noqa: F401
-
-
 def names(kind: str) -> tuple[str, ...]:
     """The registered names of ``kind``, in the order they were registered."""
     _check_kind(kind)
-    _ensure_builtin()
     return tuple(_REGISTRY.get(kind, {}))
 
 
 def entries(kind: str) -> tuple[Entry, ...]:
     """The entries of ``kind``, in the order they were registered."""
     _check_kind(kind)
-    _ensure_builtin()
     return tuple(_REGISTRY.get(kind, {}).values())
 
 
@@ -422,7 +417,6 @@ def entry(kind: str, name: str) -> Entry:
         ValueError: no such kind, or no part of that name (the message lists the names).
     """
     _check_kind(kind)
-    _ensure_builtin()
     found = _REGISTRY.get(kind, {}).get(name)
     if found is None:
         raise ValueError(f"expected {kind} to be one of {', '.join(names(kind))}, got {name!r}")
@@ -431,7 +425,6 @@ def entry(kind: str, name: str) -> Entry:
 
 def entry_of(obj: Any) -> Entry | None:
     """The entry whose decorated class or function is ``obj``, else None."""
-    _ensure_builtin()
     found = _BY_OBJECT.get(id(obj))
     return found if found is not None and found.obj is obj else None
 
@@ -489,6 +482,5 @@ def check(chosen: Sequence[Entry], run: Mapping[str, Any]) -> None:
 
 def iter_registered() -> Iterator[Entry]:
     """Every registered entry, kind by kind."""
-    _ensure_builtin()
     for kind in KINDS:
         yield from _REGISTRY.get(kind, {}).values()
