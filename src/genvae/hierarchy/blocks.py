@@ -27,10 +27,11 @@ from ..nets import (
     _activation,
     _flag,
     _gaussian,
-    _halvings,
     _image_shape,
+    _map_sizes,
     _mlp,
-    _one_hot,
+    _upsampling,
+    _with_label,
     _with_label_planes,
     residual_trunk,
 )
@@ -101,10 +102,7 @@ class MLPBlock(nn.Module):
     def forward(self, h: Tensor, y: Tensor | None = None) -> Tensor:
         """``h (*S, B, *in_shape)``, ``y (B,)`` → ``(*S, B, out_features)``."""
         h = h.flatten(start_dim=h.dim() - len(self.in_shape))  # (*S, B, F)
-        onehot = _one_hot(y, self.num_classes, h)
-        if onehot is not None:
-            h = torch.cat([h, onehot], dim=-1)  # (*S, B, F + K)
-        return self.net(h)
+        return self.net(_with_label(h, y, self.num_classes))  # reads (*S, B, F + K)
 
 
 @register("block", "conv-block")
@@ -146,10 +144,9 @@ class ConvBlock(nn.Module):
         self.gated = _flag("gated", gated)
         self.num_classes = optional_num_classes(num_classes)
         self.activation = _activation(activation)
-        c, h, w = self.data_shape
-        self.trunk = residual_trunk(c + (self.num_classes or 0), self.channels, blocks, gated=gated)
-        side = _halvings(h, len(self.channels))[-1] * _halvings(w, len(self.channels))[-1]
-        self.out = nn.Sequential(nn.Linear(self.channels[-1] * side, self.out_features), self.activation())
+        self.trunk = residual_trunk(self.data_shape[0] + (self.num_classes or 0), self.channels, blocks, gated=gated)
+        hs, ws = _map_sizes(self.data_shape, self.channels)
+        self.out = nn.Sequential(nn.Linear(self.channels[-1] * hs[-1] * ws[-1], self.out_features), self.activation())
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """``x (B, C, H, W)``, ``y (B,)`` → ``(B, out_features)``."""
@@ -221,10 +218,9 @@ class ConvTrunk(nn.Module):
         self.blocks = blocks
         self.gated = _flag("gated", gated)
         self.num_classes = optional_num_classes(num_classes)
-        c, h, w = self.data_shape
-        self.trunk = residual_trunk(c + (self.num_classes or 0), self.channels, blocks, gated=gated)
-        n = len(self.channels)
-        self.out_shape = (self.channels[-1], _halvings(h, n)[-1], _halvings(w, n)[-1])
+        self.trunk = residual_trunk(self.data_shape[0] + (self.num_classes or 0), self.channels, blocks, gated=gated)
+        hs, ws = _map_sizes(self.data_shape, self.channels)
+        self.out_shape = (self.channels[-1], hs[-1], ws[-1])
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """``x (B, C, H, W)``, ``y (B,)`` → ``(B, *out_shape)``."""
@@ -336,15 +332,14 @@ class MapDecoder(nn.Module):
         self.channels = shape_tuple("channels", channels)
         self.activation = _activation(activation)
         c, h, w = self.data_shape
-        hs, ws = _halvings(h, len(self.channels)), _halvings(w, len(self.channels))
+        hs, ws = _map_sizes(self.data_shape, self.channels)
         if self.latent_shape[1:] != (hs[-1], ws[-1]):
             raise ValueError(
                 f"expected a latent map of size {hs[-1]}x{ws[-1]} ({len(self.channels)} halvings of {h}x{w}), "
                 f"got latent_shape {self.latent_shape}"
             )
         layers: list[nn.Module] = [nn.Conv2d(self.latent_shape[0], self.channels[0], 3, padding=1)]
-        for i, (c_in, c_out) in enumerate(zip(self.channels, (*self.channels[1:], c))):
-            pad = (hs[-2 - i] - 2 * hs[-1 - i] + 1, ws[-2 - i] - 2 * ws[-1 - i] + 1)  # 0 or 1: exact sizes
+        for c_in, c_out, pad in _upsampling(self.channels, c, hs, ws):
             layers += [self.activation(), nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad)]
         self.net = nn.Sequential(*layers)
 

@@ -102,7 +102,7 @@ def mlp_hierarchy(
     widths = _layer_widths(hidden, len(dims))
     _check_top(prior, num_pseudo_inputs, num_classes)
     first = MLPBlock(shape, widths[0][-1], hidden=widths[0][:-1], num_classes=num_classes, activation=activation)
-    out_shape = tuple(likelihood.param_shape(shape)) if hasattr(likelihood, "param_shape") else shape
+    out_shape = _param_shape(likelihood, shape)
     decoder = partial(
         MLPDecoder, dims[0], out_shape, hidden=widths[0][::-1], num_classes=num_classes, activation=activation
     )
@@ -184,7 +184,7 @@ def conv_hierarchy(
         shape, widths[0][0], channels=channels, blocks=blocks, gated=gated, num_classes=num_classes,
         activation=activation,
     )  # fmt: skip
-    out_shape = tuple(likelihood.param_shape(shape)) if hasattr(likelihood, "param_shape") else shape
+    out_shape = _param_shape(likelihood, shape)
     reversed_channels = tuple(first.channels[::-1])
     decoder: Callable[[], nn.Module]
     if blocks == 0:
@@ -207,6 +207,11 @@ def _shape_and_dims(data_shape: object, latent_dims: object) -> tuple[tuple[int,
     if isinstance(latent_dims, Sequence) and len(latent_dims) == 0:
         raise ValueError("expected at least one latent layer, got 0")
     return shape, shape_tuple("latent_dims", latent_dims)
+
+
+def _param_shape(likelihood: Likelihood, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The decoder's output per example: the likelihood's ``param_shape``, else the data shape."""
+    return tuple(likelihood.param_shape(shape)) if hasattr(likelihood, "param_shape") else shape
 
 
 def _check_top(prior: TopPrior, num_pseudo_inputs: int | None, num_classes: int | None) -> None:
@@ -361,7 +366,7 @@ def spatial_hierarchy(
     block = MLPBlock(source, widths[-1], hidden=widths[:-1], activation=activation)
     head = GaussianHead(widths[-1], dims[top], activation=activation)
     cells.append(GaussianCell(block, head, down=LinearToMap(dims[top], (c, h, w), activation=activation)))
-    out_shape = tuple(likelihood.param_shape(shape)) if hasattr(likelihood, "param_shape") else shape
+    out_shape = _param_shape(likelihood, shape)
     decoder = MapDecoder((dims[0], h, w), out_shape, channels=trunk.channels[::-1], activation=activation)
     return _model(cells, top_down, decoder, likelihood, prior, num_pseudo_inputs, shape, dims[top])
 
