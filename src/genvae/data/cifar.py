@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._raw import Split, cache_dir, check_split, load_numpy_pickle, torchvision_download, verified
 from ..registry import register
+from ._raw import Split, cache_dir, check_split, load_numpy_pickle, torchvision_download, verified
 from .dataset import Binarize, ImageDataset, check_binarize
 
 __all__ = ["BATCHES", "FOLDER", "MD5", "load_cifar10"]
@@ -96,13 +96,11 @@ def load_cifar10(
     seed: int = 0,
 ) -> ImageDataset:
     """CIFAR-10 as an [`ImageDataset`][genvae.data.dataset.ImageDataset]: images ``(N, 3, 32, 32)``
-    uint8, labels ``(N,)`` int64 in 0..9.
+    uint8, labels ``(N,)`` int64 in 0..9. ``root``, ``binarize`` and ``seed`` are those of
+    [`load_mnist`][genvae.data.mnist.load_mnist].
 
     Args:
         split: ``"train"`` (the five data batches, 50,000 images) or ``"test"`` (10,000 images).
-        root: cache root; default ``$GENVAE_DATA`` or ``~/.cache/genvae``.
-        binarize: ``"none"``, ``"static"`` or ``"dynamic"`` (see [`load_mnist`][genvae.data.mnist.load_mnist]).
-        seed: seed of the static binarization.
 
     Raises:
         FileNotFoundError: a batch is missing and torchvision could not download it.

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._raw import Split, cache_dir, check_split, read_idx, torchvision_download, verified
 from ..registry import register
+from ._raw import Split, cache_dir, check_split, read_idx, torchvision_download, verified
 from .dataset import Binarize, ImageDataset, check_binarize
 
 __all__ = ["EMNIST_BALANCED", "FASHION_MNIST", "KMNIST", "MD5", "IdxImageSet", "load_idx_images"]
@@ -138,13 +138,11 @@ def load_idx_images(
 ) -> ImageDataset:
     """The ``split`` of ``spec`` as an [`ImageDataset`][genvae.data.dataset.ImageDataset]: images
     ``(N, 1, 28, 28)`` uint8 (upright, EMNIST's too), labels ``(N,)`` int64 in ``range(spec.num_classes)``.
+    ``root``, ``binarize`` and ``seed`` are those of [`load_mnist`][genvae.data.mnist.load_mnist].
 
     Args:
         spec: which set, e.g. [`FASHION_MNIST`][genvae.data.mnist_like.FASHION_MNIST].
         split: ``"train"`` or ``"test"``.
-        root: cache root; default ``$GENVAE_DATA`` or ``~/.cache/genvae``.
-        binarize: ``"none"``, ``"static"`` or ``"dynamic"`` (see [`load_mnist`][genvae.data.mnist.load_mnist]).
-        seed: seed of the static binarization.
 
     Raises:
         FileNotFoundError: a file is missing and torchvision could not download it.
