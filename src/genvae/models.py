@@ -408,7 +408,8 @@ class VAE(nn.Module):
         self, n: int, y: Tensor | None = None, *, generator: torch.Generator | None = None, mean: bool = True
     ) -> Tensor:
         """``(n, *data_shape)``: z ~ p(z[|y]), then the mean of p(x | z) (or a draw, ``mean=False``);
-        labels ``y (n,)`` for a conditional model (see [`genvae.models.sample`][genvae.models.sample])."""
+        labels ``y (n,)`` for a conditional model, a ``generator`` on the model's device for
+        reproducible draws (see [`genvae.models.sample`][genvae.models.sample])."""
         return sample(self, n, y, generator=generator, mean=mean)
 
     @torch.no_grad()

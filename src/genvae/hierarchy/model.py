@@ -441,7 +441,8 @@ class HierarchicalVAE(nn.Module):
     ) -> Tensor:
         """``(n, *data_shape)`` drawn ancestrally: z_L ~ p(z_L[|y]), z_l ~ p(z_l | z_{l+1}) down to z_1,
         then the mean of p(x | z_1) (or a draw, ``mean=False``); labels ``y (n,)`` for a conditional
-        model (see [`genvae.models.sample`][genvae.models.sample])."""
+        model, a ``generator`` on the model's device for reproducible draws (see
+        [`genvae.models.sample`][genvae.models.sample])."""
 
         def descend(z: Tensor, y: Tensor | None) -> Distribution:  # z_L (n, *event_L) → p(x | z_1)
             return self.likelihood(self.decoder(self._descend(z, generator, mean=False), y))
