@@ -64,7 +64,7 @@ def _length(name: str, value: object) -> int | Epochs:
     return value if isinstance(value, Epochs) else _positive_steps(name, value)
 
 
-def _in_steps(owner: object, length: int | Epochs) -> int:
+def _counted(owner: object, length: int | Epochs) -> int:
     if isinstance(length, Epochs):
         raise ValueError(
             f"expected {owner!r} to be given its length in optimizer steps; fit converts Epochs itself, "
@@ -106,7 +106,7 @@ class LinearWarmup:
         _length("steps", self.steps)
 
     def value(self, step: int | Tensor) -> float | Tensor:
-        return self.beta * _clamp01(step / _in_steps(self, self.steps))
+        return self.beta * _clamp01(step / _counted(self, self.steps))
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class Cyclical:
             raise ValueError(f"expected ratio in (0, 1], got {self.ratio!r}")
 
     def value(self, step: int | Tensor) -> float | Tensor:
-        period = _in_steps(self, self.period)
+        period = _counted(self, self.period)
         position = (step - 1) % period  # steps into the current cycle, from 0
         return self.beta * _clamp01(position / (period * self.ratio))
 
