@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from torch import nn
 
@@ -19,12 +19,11 @@ from ..flows import FlowHead
 from ..nets import ConvDecoder, MLPDecoder, ResNetDecoder
 from ..priors import StandardNormal, VampPrior
 from ..protocols import Likelihood, Prior
+from ..registry import register
 from .blocks import ConvBlock, ConvGaussianHead, ConvStage, ConvTrunk, GaussianHead, LinearToMap, MapDecoder, MLPBlock
 from .cells import GaussianCell, SpatialCell
 from .legacy import cells_of
-
-if TYPE_CHECKING:
-    from .model import HierarchicalVAE
+from .model import HierarchicalVAE, Ladder
 
 __all__ = ["TopPrior", "build_hvae", "conv_hierarchy", "mlp_hierarchy", "spatial_hierarchy"]
 
@@ -245,7 +244,6 @@ def _model(
     over the ladder by the function ``prior``, a VampPrior of ``num_pseudo_inputs``, or N(0, I).
     The top posterior becomes a flow of ``top_steps`` unless the prior shares the ladder (a
     VampPrior's mixture is over Gaussian top posteriors)."""
-    from .model import HierarchicalVAE, Ladder
 
     ladder = Ladder(cells, top_down=top_down)
     if num_pseudo_inputs is not None:
@@ -432,3 +430,7 @@ def build_hvae(
                               num_classes=num_classes, flow=flow, spatial_latents=True, **common)  # fmt: skip
     return conv_hierarchy(data_shape, (latent_dim,) * layers, channels=channels, blocks=blocks, hidden=hidden[0],
                           num_classes=num_classes, flow=flow, **common)  # fmt: skip
+
+
+# The model a run names "hvae": registered beside its builder, which the command line calls.
+register("model", "hvae", build=build_hvae, provides={"conditional": False})(HierarchicalVAE)

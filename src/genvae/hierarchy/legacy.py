@@ -9,16 +9,13 @@ into today's model of cells, so weights read into them carry over.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from ..protocols import Decoder, Likelihood, Prior
 from ..registry import register
 from .cells import GaussianCell, _parts
-
-if TYPE_CHECKING:
-    from .model import HierarchicalVAE
+from .model import HierarchicalVAE, Ladder
 
 __all__ = ["LadderEncoder", "cells_of", "from_ladder"]
 
@@ -124,7 +121,6 @@ def from_ladder(
     Returns:
         The model, whose log-weights for the same draws are those of the 0.2 model, to the bit.
     """
-    from .model import HierarchicalVAE, Ladder
 
     if not all(hasattr(encoder, a) for a in ("up", "heads", "top_down")):
         raise TypeError(

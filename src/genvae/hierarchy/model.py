@@ -30,7 +30,6 @@ from ..models import (
 from ..protocols import Decoder, Likelihood, Prior
 from ..registry import register
 from ..terms import ELBOOutput, LatentLayer, Terms
-from .builders import build_hvae
 from .cells import KLOnDraws, _agree, _kl_on_draws, _parts, _size
 
 __all__ = ["HierarchicalVAE", "Ladder"]
@@ -229,7 +228,6 @@ class _Passes(Distribution):
 # --------------------------------------------------------------------------- the model
 
 
-@register("model", "hvae", build=build_hvae, provides={"conditional": False})
 class HierarchicalVAE(nn.Module):
     """A VAE with L ≥ 1 stochastic layers, each a cell with its own posterior and conditional prior.
 
