@@ -40,8 +40,6 @@ __all__ = [
     "read_config",
 ]
 
-#: The choices of a run: each setting names a part of a registry kind. ``arch`` names the encoder
-#: and the decoder together; ``posterior_flow`` a flow, or "none".
 CHOICES: dict[str, str] = {
     "model": "model",
     "arch": "encoder",
@@ -50,20 +48,22 @@ CHOICES: dict[str, str] = {
     "objective": "objective",
     "posterior_flow": "flow",
 }
+"""The choices of a run: each setting names a part of a registry kind. ``arch`` names the encoder
+and the decoder together; ``posterior_flow`` a flow, or "none"."""
 
-#: Settings that are not choices of a part, with the values they take; the others are numbers.
 SETTING_CHOICES: dict[str, tuple[str, ...]] = {
     "binarize": ("none", "static", "dynamic"),
     "beta_schedule": ("constant", "linear", "cyclical"),
 }
+"""Settings that are not choices of a part, with the values they take; the others are numbers."""
 
-#: Flat keys of earlier versions that name an option differently: key -> (kind, option).
 LEGACY: dict[str, tuple[str, str]] = {
     "components": ("prior", "num_components"),
     "pseudo_inputs": ("prior", "num_pseudo_inputs"),
     "logistic_components": ("likelihood", "num_components"),
     "free_bits": ("objective", "lambda_"),
 }
+"""Flat keys (and flags) of earlier versions that name an option differently: key -> (kind, option)."""
 
 #: What ``--model cvae`` takes where the flags leave these unset: two hidden layers, the KL weighted
 #: twice and a learned prior per class, so that a sample drawn for a label shows that label (the

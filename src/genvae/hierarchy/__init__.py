@@ -1,7 +1,7 @@
 """Hierarchical VAEs: L stochastic layers, inferred top-down (Ladder VAE, NVAE) or bottom-up (IWAE).
 
 Layers are numbered from the data up, z_1 … z_L; a model's cells are listed bottom first. Each
-layer is one cell ([`genvae.hierarchy.cells`][genvae.hierarchy.cells]) that owns its block of the
+layer is one cell (module ``cells``) that owns its block of the
 inference network, its posterior head, its prior head and the projection of its code into the
 top-down path. The generative model is the same for both routes:
 
