@@ -121,3 +121,23 @@ def test_a_plugin_that_raises_is_one_line(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "could not import plugin 'broken_parts': RuntimeError: half written" in done.stderr
+
+
+def test_an_installed_package_declares_its_parts_under_the_entry_point_group(tmp_path):
+    """A distribution on the path whose entry points list my_parts under genvae.parts: every command
+    imports it, with no --plugin."""
+    dist = tmp_path / "my_parts_dist-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-parts-dist\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[genvae.parts]\nmy_parts = my_parts\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(PLUGIN_DIR)])}
+    probe = "from genvae.cli import _parser; import sys; _parser(); print('my_parts' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", f"from genvae.plugins import installed_plugins; print(installed_plugins()); {probe}"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.stdout.split() == ["['my_parts']", "True"], done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "genvae", "train", "--help"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert "laplace" in done.stdout and "--prior-scale" in done.stdout, done.stderr
