@@ -2,7 +2,8 @@
 
     python benchmarks/structure.py [--src src/genvae] [--top 5]
 
-A function's length counts the lines from its ``def`` to its last line. An import circle is a
+A function's length counts the lines from its ``def`` to its last line; its code, the lines of
+that span outside its docstring that are not blank. An import circle is a
 cycle in the graph of genvae's modules that import each other, counting imports inside functions
 and under ``TYPE_CHECKING`` (a type checker and a reader follow those too).
 """
@@ -21,11 +22,20 @@ def module_name(path: Path, src: Path) -> str:
     return ".".join(parts)
 
 
-def functions(src: Path) -> list[tuple[int, str]]:
-    """(lines, "module:qualname") of every function and method."""
+def code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> int:
+    """The lines of ``node`` outside its docstring that are not blank."""
+    span = range(node.lineno - 1, node.end_lineno or node.lineno)
+    doc = node.body[0] if node.body and isinstance(node.body[0], ast.Expr) else None
+    skip = range(doc.lineno - 1, doc.end_lineno or doc.lineno) if doc and isinstance(doc.value, ast.Constant) else ()
+    return sum(1 for i in span if i not in skip and lines[i].strip())
+
+
+def functions(src: Path) -> list[tuple[int, int, str]]:
+    """(lines, code lines, "module:qualname") of every function and method."""
     found = []
     for path in sorted(src.rglob("*.py")):
-        tree = ast.parse(path.read_text())
+        text = path.read_text()
+        tree, lines = ast.parse(text), text.splitlines()
         stack: list[tuple[ast.AST, str]] = [(tree, "")]
         while stack:
             node, prefix = stack.pop()
@@ -33,7 +43,8 @@ def functions(src: Path) -> list[tuple[int, str]]:
                 if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                     name = f"{prefix}{child.name}"
                     if not isinstance(child, ast.ClassDef):
-                        found.append((child.end_lineno - child.lineno + 1, f"{module_name(path, src)}:{name}"))
+                        length = (child.end_lineno or child.lineno) - child.lineno + 1
+                        found.append((length, code_lines(child, lines), f"{module_name(path, src)}:{name}"))
                     stack.append((child, f"{name}."))
     return sorted(found, reverse=True)
 
@@ -102,10 +113,14 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src" / "genvae")
     parser.add_argument("--top", type=int, default=5)
     args = parser.parse_args()
-    print("longest functions (lines):")
-    for lines, name in functions(args.src)[: args.top]:
-        print(f"  {lines:4d}  {name}")
-    found = circles(imports(args.src))
+    found = functions(args.src)
+    print("longest functions (lines, of which code):")
+    for lines, code, name in found[: args.top]:
+        print(f"  {lines:4d} {code:4d}  {name}")
+    print("longest by code lines:")
+    for lines, code, name in sorted(found, key=lambda f: f[1], reverse=True)[: args.top]:
+        print(f"  {lines:4d} {code:4d}  {name}")
+    found = circles(imports(args.src))  # type: ignore[assignment]
     print(f"import circles: {len(found)}")
     for group in found:
         print("  " + " <-> ".join(group))

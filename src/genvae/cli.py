@@ -21,7 +21,7 @@ import torch
 
 from . import __version__, registry, runfolder
 from ._files import write_json
-from .config import CHOICES, LEGACY, RunConfig, build_model, build_objective, read_config
+from .config import CHOICES, LEGACY, SETTING_CHOICES, RunConfig, build_model, build_objective, read_config
 from .data.sources import datasets
 from .engines import COMPILE_MIN_STEPS
 from .io import load
@@ -84,12 +84,28 @@ _CHOICE_HELP = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .config import SETTING_CHOICES
-
     p = _Parser(prog="genvae", description="Train, evaluate and sample variational autoencoders.")
     p.add_argument("--version", action="version", version=f"genvae {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    t = _train_parser(sub)
+    e, s, i = _run_parsers(sub)
+    for sub_parser in (t, e, s, i):
+        sub_parser.add_argument(
+            "--plugin",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import this module of your own parts first (repeatable)",
+        )
+    _show_defaults(t, {f.name: f.default for f in fields(RunConfig)})
+    for sub_parser in (e, s):
+        _show_defaults(sub_parser, {a.dest: a.default for a in sub_parser._actions})
+    return p
+
+
+def _train_parser(sub: Any) -> argparse.ArgumentParser:
+    """``genvae train``: the run's settings, its parts' options and the speed flags."""
     t = sub.add_parser("train", help="train a model and write a run folder")
     t.add_argument("--config", type=Path, help="TOML file, or a run's config.json, of settings (flags override it)")
     t.add_argument(
@@ -144,7 +160,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default runs/<model>-<arch>-z<latent>-<time>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return t
 
+
+def _run_parsers(sub: Any) -> tuple[argparse.ArgumentParser, ...]:
+    """``genvae eval``, ``sample`` and ``info``, which read a run folder."""
     e = sub.add_parser("eval", help="evaluate a run on the test set")
     e.add_argument("run", type=Path)
     e.add_argument("--data", help="test data: a data set name or a path (default: the run's)")
@@ -170,18 +190,7 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a run folder")
     i.add_argument("run", type=Path)
-    for sub_parser in (t, e, s, i):
-        sub_parser.add_argument(
-            "--plugin",
-            action="append",
-            default=[],
-            metavar="MODULE",
-            help="import this module of your own parts first (repeatable)",
-        )
-    _show_defaults(t, {f.name: f.default for f in fields(RunConfig)})
-    for sub_parser in (e, s):
-        _show_defaults(sub_parser, {a.dest: a.default for a in sub_parser._actions})
-    return p
+    return e, s, i
 
 
 #: The kinds whose parts' options are flags, with the setting that chooses the part.
@@ -226,9 +235,11 @@ def parts_table() -> str:
     for kind in _OPTION_KINDS:
         for part in registry.entries(kind):
             options = ", ".join(
-                f"`{_flag(o.name)}`" + ("" if o.required else f" ({_shown(o.default)})") for o in part.options if o.textual
+                f"`{_flag(o.name)}`" + ("" if o.required else f" ({_shown(o.default)})")
+                for o in part.options
+                if o.textual
             )
-            needs = ", ".join(f"{key} {' or '.join(map(str, allowed))}" for key, allowed in part.requires.items())
+            needs = ", ".join(f"{key} {' or '.join(map(str, values))}" for key, values in part.requires.items())
             rows.append(f"| {kind} | `{part.name}` | {options or '—'} | {needs or '—'} |")
     return "\n".join(rows) + "\n"
 
@@ -432,9 +443,7 @@ def _shape_note(cfg: RunConfig) -> str:
 
 
 def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, Any], run: Path) -> None:
-    from .metrics.likelihood import evaluate_elbo
     from .train import fit
-    from .viz import save_grid, save_loss_curves, save_reconstructions
 
     # Reads only: fit removes a killed write's leftovers and writes config.json once its checks pass.
     committed = runfolder.verify(run) if args.resume else runfolder.complete_epoch(run)
@@ -484,6 +493,14 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
         ],
     )
     print(f"engine: {result.engine.describe()} ({result.engine.reason})", file=sys.stderr)
+    _records(model, train, test, cfg, run, result.history)
+
+
+def _records(model: Any, train: Any, test: Any, cfg: RunConfig, run: Path, history: list[Any]) -> None:
+    """What a run folder holds besides fit's records: metrics.json, the figures, the loss curves."""
+    from .metrics.likelihood import evaluate_elbo
+    from .viz import save_grid, save_loss_curves, save_reconstructions
+
     summary = evaluate_elbo(model, test, seed=cfg.seed)  # the estimate of the last epoch in history.json
     write_json(
         run / "metrics.json",
@@ -493,12 +510,12 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, settings: dict[str, 
             "test_kl": summary.kl,
             "test_log_likelihood": summary.log_likelihood,
             "num_test_images": summary.num_examples,
-            "epochs": len(result.history),
+            "epochs": len(history),
         },
     )
     if _is_image(train.data_shape):
         _figures(model, test, run, save_grid, save_reconstructions)
-    save_loss_curves(result.history, run / "loss.png", title=f"{cfg.model.upper()} on {cfg.dataset}")
+    save_loss_curves(history, run / "loss.png", title=f"{cfg.model.upper()} on {cfg.dataset}")
     print(f"test −ELBO {summary.loss:.2f} nats per image; run folder: {run}")
 
 
