@@ -229,3 +229,11 @@ def test_python_use_needs_no_registration():
             return self.inner(y)
 
     assert registry.entry_of(Mine) is None and registry.entry_of(StandardNormal).name == "standard"
+
+
+@pytest.mark.parametrize("argv", [["train", "--plug", "x"], ["train", "--num-comp", "3"], ["eval", "r", "--iw", "5"]])
+def test_flags_are_never_abbreviated(argv, capsys):
+    """A plugin's flags would change what an abbreviation means, and --plugin is read by its name."""
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "unrecognized arguments" in capsys.readouterr().err

@@ -31,6 +31,12 @@ __all__ = ["main"]
 
 
 class _Parser(argparse.ArgumentParser):
+    """No abbreviated flags: a plugin's options would change what ``--num`` means, and ``--plugin``
+    is read before parsing, by its full name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
     def error(self, message: str) -> NoReturn:  # one line, no usage block
         self.exit(2, f"{self.prog}: error: {message}\n")
 
