@@ -174,10 +174,16 @@ def test_cvae_config_from_toml(tmp_path, monkeypatch):
         (["train", "--posterior-flow", "iaf", "--flow-length", "0"], "expected a positive int, got '0'"),
         (["train", "--layers", "3"], "no part of this run has an option 'layers'; the options are model 'vae': none"),
         (["train", "--model", "hvae", "--objective", "dreg"], "objective 'dreg' needs layers 1, got 2"),
-        (["train", "--posterior-flow", "planar", "--objective", "stl"], "'stl' needs factorised True, got False from flow"),
+        (
+            ["train", "--posterior-flow", "planar", "--objective", "stl"],
+            "'stl' needs factorised True, got False from flow",
+        ),
         (["train", "--posterior-flow", "iaf", "--free-bits", "0.5"], "objective 'free-bits' needs factorised True"),
         (["train", "--model", "hvae", "--posterior-flow", "iaf", "--flow-length", "0"], "expected a positive int"),
-        (["train", "--model", "hvae", "--posterior-flow", "iaf", "--objective", "stl"], "objective 'stl' needs factorised"),
+        (
+            ["train", "--model", "hvae", "--posterior-flow", "iaf", "--objective", "stl"],
+            "objective 'stl' needs factorised",
+        ),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(argv, message, capsys):

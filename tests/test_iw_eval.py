@@ -20,12 +20,11 @@ import genvae.models
 from genvae import VAE
 from genvae.likelihoods import Bernoulli, Gaussian
 from genvae.metrics import IWSummary, evaluate_iw_nll, evaluating, iw_nll, native_bf16
-from genvae.terms import ELBOOutput
 from genvae.nets import MLPDecoder, MLPEncoder
 from genvae.objectives import ELBO, IWAE
 from genvae.priors import StandardNormal
 from genvae.protocols import LatentVariableModel
-from genvae.terms import LatentLayer, Terms
+from genvae.terms import ELBOOutput, LatentLayer, Terms
 
 F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -264,7 +264,8 @@ def test_from_ladder_reuses_the_old_layouts_parts_and_gives_its_log_weights_to_t
     encoder = LadderEncoder(up, heads, top_down=top_down)
     container = torch.nn.Module()
     container.encoder, container.down_blocks = encoder, torch.nn.ModuleList(down)
-    container.prior_blocks, container.decoder = torch.nn.ModuleList(conditionals), MLPDecoder(4, (1, 3, 3), hidden=(8,), activation=torch.nn.Tanh)
+    container.prior_blocks = torch.nn.ModuleList(conditionals)
+    container.decoder = MLPDecoder(4, (1, 3, 3), hidden=(8,), activation=torch.nn.Tanh)
     container.prior = genvae.priors.VampPrior(encoder, 4, (1, 3, 3))
     container.double().load_state_dict(old["state"])
 

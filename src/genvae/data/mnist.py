@@ -23,13 +23,13 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..registry import register
 from ._raw import NumpyUnpickler as _NumpyUnpickler  # noqa: F401 - reachable here, as before _raw
 from ._raw import cache_dir, check_split, md5_mismatch, torchvision_download
 from ._raw import load_numpy_pickle as _load_numpy_pickle
 from ._raw import md5 as _md5
 from ._raw import read_idx as _read_idx
 from ._raw import write_idx as _write_idx
-from ..registry import register
 from .dataset import Binarize, ImageDataset, check_binarize
 
 __all__ = ["MNIST_MD5", "cache_dir", "fetch_mnist", "load_mnist"]

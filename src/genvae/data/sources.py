@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import registry
-from ._raw import Split, check_split
 from . import cifar, mnist, mnist_like  # noqa: F401 - their sources register themselves
+from ._raw import Split, check_split
 from .dataset import Binarize, ImageDataset, check_binarize
 from .files import SUFFIXES, load_file_split
 
