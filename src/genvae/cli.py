@@ -45,18 +45,6 @@ class _UserError(Exception):
     """A problem with the user's input, printed as one line."""
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers such as 400 or 512,256, got {text!r}"
-        ) from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
-    return values
-
-
 def _number(kind: type, *, zero: bool = False) -> Any:
     """An argparse type: a finite ``kind`` > 0 (≥ 0 with ``zero``)."""
     expected = f"a finite {kind.__name__} >= 0" if zero else f"a positive {kind.__name__}"
@@ -126,9 +114,7 @@ def _train_parser(sub: Any) -> argparse.ArgumentParser:
         t.add_argument(
             f"--{setting.replace('_', '-')}", choices=(*extra, *registry.names(kind)), help=_CHOICE_HELP[setting]
         )
-    for setting, allowed in SETTING_CHOICES.items():
-        if setting == "binarize":
-            t.add_argument("--binarize", choices=allowed, help="binarize the pixels")
+    t.add_argument("--binarize", choices=SETTING_CHOICES["binarize"], help="binarize the pixels")
     t.add_argument("--latent-dim", type=_positive(int), help="latent size (of every layer of an hvae)")
     t.add_argument("--flow-length", type=_positive(int), help="steps of --posterior-flow")
     _part_options(t)

@@ -209,8 +209,8 @@ class RunConfig:
         base = {k: v for k, v in settings.items() if k in known and k != "options"}
         options: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (settings.get("options") or {}).items()}
         flat = {k: v for k, v in settings.items() if k not in known}
-        if flat.pop("kl_warmup_epochs", 0):  # the older name of a linear warm-up
-            warmup = settings["kl_warmup_epochs"]
+        warmup = flat.pop("kl_warmup_epochs", 0)
+        if warmup:  # the older name of a linear warm-up
             if base.get("beta_schedule", "constant") != "constant" or base.get("warmup_epochs"):
                 raise ValueError("expected --kl-warmup-epochs or --beta-schedule/--warmup-epochs, got both")
             base.update(beta_schedule="linear", warmup_epochs=warmup)
@@ -411,6 +411,7 @@ class _Facts(Mapping[str, Any]):
             "decoder": self._decoder,
             "prior": self._prior,
         }
+        self.base_encoder: Any = None  # the Gaussian encoder, before a flow wraps it
 
     def __getitem__(self, name: str) -> Any:
         if name not in self.known:
@@ -441,9 +442,9 @@ class _Facts(Mapping[str, Any]):
         return lambda d: [self.build("flow", latent_dim=d, context_features=2 * d) for _ in range(length)]
 
     def _base_encoder(self) -> Any:
-        if "_base" not in self.known:
-            self.known["_base"] = self.build("encoder")
-        return self.known["_base"]
+        if self.base_encoder is None:
+            self.base_encoder = self.build("encoder")
+        return self.base_encoder
 
     def _encoder(self) -> Any:
         from .flows import FlowEncoder
@@ -471,7 +472,7 @@ def build_model(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int | 
             encoder, labels for a CVAE), or a value a part refuses.
     """
     parts = cfg.parts()
-    conditional = registry.entry("model", cfg.model).provides.get("conditional", False)
+    conditional = parts["model"].provides.get("conditional", False)
     image = len(data_shape) == 3
     registry.check(list(parts.values()), {**cfg.facts(), "image": image, "labelled": num_classes is not None})
     facts = _Facts(cfg, tuple(data_shape), num_classes if conditional else None)

@@ -51,8 +51,8 @@ first, whatever the file names). A version-1 ``HierarchicalVAE`` as the file's m
 arguments were ``encoder``, ``down``, ``priors``, ``decoder``, ``likelihood`` and ``prior``, is
 built as those parts, its weights are read into them under their version-1 names
 (``down_blocks.0...``, ``prior_blocks.0...``), and the model is then made of them by
-``genvae.hierarchy.from_ladder`` (where genvae has one; else by the constructor, as version 1
-did), which must keep the file's weights: a model with a tensor the file does not hold is refused.
+``genvae.hierarchy.from_ladder``, which must keep the file's weights: a model with a tensor the
+file does not hold is refused.
 """
 
 from __future__ import annotations
@@ -673,10 +673,9 @@ class _Rebuild:
     @staticmethod
     def is_ladder(spec: dict[str, Any]) -> bool:
         """Whether ``spec`` is a ``HierarchicalVAE`` of version 1's arguments, which ``from_ladder``
-        makes (a version-2 file written before genvae had it names one so too)."""
+        makes."""
         return (
             spec["class"] == _LADDER_CLASS
-            and hasattr(sys.modules.get("genvae.hierarchy"), "from_ladder")
             and isinstance(spec["args"], dict)
             and sorted(spec["args"]) == sorted(_LADDER_ATTRIBUTES)
         )
@@ -696,7 +695,7 @@ class _Rebuild:
             return held
 
         held = self.call(container, args, "model", "a version-1 HierarchicalVAE")
-        from_ladder = sys.modules["genvae.hierarchy"].from_ladder  # type: ignore[attr-defined]
+        from .hierarchy import from_ladder
         parts = [args[name] for name in _LADDER_ATTRIBUTES]  # encoder, down, priors, decoder, likelihood, prior
         self.finish = lambda: self.call(from_ladder, {}, "model", "from_ladder", *parts)
         return held

@@ -23,8 +23,9 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, TypeVar, Union
 
 __all__ = [
@@ -215,23 +216,12 @@ class Entry:
     requires: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     provides: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
-    def module(self) -> str:
-        """The module that defines the part."""
-        return str(getattr(self.obj, "__module__", ""))
-
-    @property
-    def summary(self) -> str:
-        """The first line of the part's docstring."""
-        doc = inspect.getdoc(self.obj) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
-
-    @property
+    @cached_property
     def facts(self) -> tuple[str, ...]:
         """The run facts its builder takes."""
         return tuple(name for name in _parameters(self.build) if name in FACTS)
 
-    @property
+    @cached_property
     def options(self) -> tuple[Option, ...]:
         """The user options of its builder, in order."""
         hints = _hints(self.build)
@@ -253,10 +243,6 @@ class Entry:
                 return option
         known = ", ".join(o.name for o in self.options) or "none"
         raise KeyError(f"{self.kind} {self.name!r} has no option {name!r}; its options: {known}")
-
-    def __call__(self, facts: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> Any:
-        """Build the part: see [`build`][genvae.registry.build]."""
-        return build(self, facts, options or {})
 
 
 def _parameters(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
@@ -478,9 +464,3 @@ def check(chosen: Sequence[Entry], run: Mapping[str, Any]) -> None:
                 raise ValueError(
                     f"{part.kind} {part.name!r} needs {key} {wanted}, got {known[key]!r}{source.get(key, '')}"
                 )
-
-
-def iter_registered() -> Iterator[Entry]:
-    """Every registered entry, kind by kind."""
-    for kind in KINDS:
-        yield from _REGISTRY.get(kind, {}).values()
