@@ -38,7 +38,7 @@ from genvae.kl import kl_per_dim
 from genvae.likelihoods import Bernoulli
 from genvae.nets import MLPDecoder
 from genvae.priors import StandardNormal
-from genvae.registry import entry
+from genvae.registry import build, entry
 from genvae.terms import LatentLayer, Terms
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -198,7 +198,7 @@ def test_the_hvae_entry_builds_each_arch_from_facts_and_a_prior_function() -> No
         "num_classes": None,
         "prior": lambda encoder: genvae.priors.VampPrior(encoder, 3, (1, 8, 8)),
     }
-    model = hvae(facts, {"layers": 3, "spatial_latents": True, "latent_channels": 2, "channels": (4,)})
+    model = build(hvae, facts, {"layers": 3, "spatial_latents": True, "latent_channels": 2, "channels": (4,)})
     assert isinstance(model.cells[0], SpatialCell) and model.prior.encoder is model.encoder
     terms = model.terms(images(2).float(), k=2)
     assert [layer.z.shape[2:] for layer in terms.layers] == [(5,), (2, 4, 4), (2, 4, 4)]
